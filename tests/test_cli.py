@@ -1,0 +1,71 @@
+"""The CLI as a user meets it: real subprocesses, exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def tunery(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tunery.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_validate_shipped_demo_recipe():
+    result = tunery("validate", "configs/helpdesk.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "ok (classification, minilm, full; 1 data file(s))" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        (
+            "name: x\ndata: {source: d.csv}\nmlflow: {registered_model: m}\nmethod: {name: magic}\n",
+            "method.name: Input should be 'full', 'lora', 'qlora', "
+            "'prompt_tuning', 'p_tuning', 'prefix_tuning' or 'ia3'",
+        ),
+        ("name: x\ndata: {source: missing.csv}\nmlflow: {registered_model: m}\n", "data source not found"),
+        ("name: [x\n", "not valid YAML"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_recipe_or_missing_data_gives_one_clear_error(tmp_path, recipe, message, command):
+    (tmp_path / "d.csv").write_text("text,label\nhello,a\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(recipe))
+    result = tunery(command, str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.startswith("error: ")
+
+
+def test_bad_override_is_reported():
+    result = tunery("validate", "configs/helpdesk.yaml", "training.epochs=-1")
+    assert result.returncode == 2
+    assert "training.epochs: Input should be greater than 0" in result.stderr
+
+
+def test_library_never_imports_prefect():
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        import tunery
+        for mod in pkgutil.walk_packages(tunery.__path__, "tunery."):
+            importlib.import_module(mod.name)
+        loaded = [m for m in sys.modules if m == "prefect" or m.startswith("prefect.")]
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr

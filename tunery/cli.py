@@ -1,0 +1,162 @@
+"""The ``tunery`` command line: validate a recipe, run the finetune flow.
+
+The library never imports Prefect; ``tunery run`` imports the flow lazily, inside the command, so that
+``tunery validate`` and every library module stay free of the orchestrator.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunery.config import Recipe, RecipeError, load_recipe, resolve_paths
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="tunery: a fine-tuning factory on Prefect."
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Dotted overrides, e.g. training.epochs=1 method.name=lora.")
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _checked_recipe(recipe_path: Path, overrides: list[str]) -> Recipe:
+    """Load and validate a recipe and check that its data source exists; exit cleanly if not."""
+    from tunery.data.ingest import DataError, expand_source
+    from tunery.methods import MethodUnavailable, check_supported
+
+    try:
+        recipe = resolve_paths(load_recipe(recipe_path, overrides), Path.cwd())
+        files = expand_source(recipe.data.source)
+        check_supported(recipe)  # e.g. qlora or fp16 without a CUDA GPU
+    except (RecipeError, DataError, MethodUnavailable) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"recipe {recipe_path}: ok ({recipe.task}, {recipe.model.base}, {recipe.method.name}; "
+        f"{len(files)} data file(s))"
+    )
+    return recipe
+
+
+@app.command()
+def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Check a recipe (fields, values, data source) without running anything."""
+    _checked_recipe(recipe, overrides or [])
+
+
+def _prepare_environment(recipe: Recipe) -> None:
+    """Project-local Prefect home and quiet telemetry, unless the user configured otherwise."""
+    os.environ.setdefault("PREFECT_HOME", str(Path(recipe.workdir) / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect does not create parents
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _print_result(result: dict, recipe: Recipe, elapsed: float) -> None:
+    from tunery.tracking import tracking_uri
+
+    typer.secho(
+        f"\nregistered model {result['model_name']} version {result['version']} "
+        f"-> alias '{result['alias']}' ({result['reason']})",
+        fg=typer.colors.GREEN,
+        bold=True,
+    )
+    typer.echo(f"model URI: {result['model_uri']}")
+    typer.echo("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result["test_metrics"].items()))
+    typer.echo(f"elapsed: {elapsed:.0f} s")
+    typer.echo(f"open the results: mlflow ui --backend-store-uri {tracking_uri(recipe)} --port 5000")
+
+
+@app.command()
+def run(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Run the finetune flow (ephemeral Prefect, or the server in PREFECT_API_URL)."""
+    overrides = overrides or []
+    checked = _checked_recipe(recipe, overrides)
+    _prepare_environment(checked)
+    started = time.perf_counter()
+    from flows.finetune import finetune  # lazy: Prefect stays out of the library and of `validate`
+
+    try:
+        result = finetune(recipe_path=str(recipe), overrides=overrides)
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except Exception as exc:  # the Prefect log above holds the details; end with one clear line
+        _fail(f"the finetune flow failed: {type(exc).__name__}: {exc}")
+    _print_result(result, checked, time.perf_counter() - started)
+
+
+ModelArg = Annotated[str, typer.Argument(help="NAME@alias (default alias: champion), NAME/version or a URI.")]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else .tunery/mlflow.db)."),
+]
+
+
+@app.command()
+def serve(
+    model: ModelArg,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the REST API (/ping, /invocations).")] = 5001,
+    workers: Annotated[int, typer.Option(help="Scoring-server worker processes.")] = 1,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Serve a registered model over REST with MLflow's scoring server (runs until interrupted)."""
+    import subprocess
+
+    from tunery import scoring
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri or scoring.default_tracking_uri())
+    # MLflow starts `uvicorn` by name: make this environment's scripts findable even when the venv is not
+    # activated (e.g. .venv/bin/tunery called directly).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    cmd = scoring.serve_command(model, host, port, workers)
+    typer.echo(f"serving {scoring.model_uri(model)} on http://{host}:{port}/invocations (Ctrl+C stops)")
+    try:
+        raise typer.Exit(subprocess.run(cmd, env=env, check=False).returncode)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def score(
+    model: ModelArg,
+    input_path: Annotated[Path, typer.Argument(help="Rows to score (CSV/TSV/JSON/JSONL/Parquet).")],
+    output_path: Annotated[Path, typer.Argument(help="Output file; .csv, .tsv, .jsonl or .parquet.")],
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Score a file with a registered model through the batch-score flow."""
+    if not input_path.is_file():
+        _fail(f"input file not found: {input_path}")
+    os.environ.setdefault("PREFECT_HOME", str(Path(".tunery") / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.score import batch_score  # lazy: Prefect stays out of the library
+
+    try:
+        out = batch_score(
+            model=model, input_path=str(input_path), output_path=str(output_path), tracking_uri=tracking_uri
+        )
+    except Exception as exc:
+        _fail(f"scoring failed: {type(exc).__name__}: {exc}")
+    typer.secho(f"wrote {out}", fg=typer.colors.GREEN)
+
+
+def main() -> None:
+    app(prog_name="tunery")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""The recipe: one typed, validated description of a fine-tuning job.
+
+A recipe is a YAML file that is a saved instance of :class:`Recipe`. Every section forbids unknown keys so
+that a typo (``trainig:``) fails before any work starts, with a message that names the field. Dotted
+``key=value`` overrides from the command line are applied to the raw mapping *before* validation, so an
+override is checked exactly like a value in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is meant for the user, as is."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the data comes from and which columns mean what."""
+
+    source: str = Field(description="File path, glob, or fsspec URI of the data (relative to the recipe).")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
+        "auto", description="File format; 'auto' decides from the file extension and content."
+    )
+    text_columns: list[str] = Field(
+        default_factory=lambda: ["text"],
+        min_length=1,
+        description="Column(s) holding the text; several are joined with `text_separator`.",
+    )
+    text_separator: str = Field(". ", description="Separator used to join several text columns.")
+    label_column: str = Field("label", description="Column holding the class label.")
+    labels: list[str] | None = Field(
+        None, description="Explicit label set. Rows with another label are quarantined (unknown_label)."
+    )
+    label_names: dict[str, str] | None = Field(
+        None,
+        description="Map raw label values to names, e.g. {1: World, 2: Sports} (applied before `labels`).",
+    )
+    instruction_column: str = Field("instruction", description="Instruction data: the instruction column.")
+    input_column: str = Field("input", description="Instruction data: optional context column.")
+    answer_columns: list[str] = Field(
+        default_factory=lambda: ["output", "response"],
+        min_length=1,
+        description="Instruction data: answer column; the first one present in a record is used.",
+    )
+    has_header: bool = Field(True, description="CSV/TSV only: whether the first line is a header.")
+    column_names: list[str] | None = Field(
+        None, description="CSV/TSV only: names for the columns when the file has no header."
+    )
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _string_keys(cls, v: object) -> object:
+        # YAML reads `1: World` with an int key; raw labels are compared as strings
+        return {str(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _header_names(self) -> DataConfig:
+        if not self.has_header and not self.column_names:
+            raise ValueError("`data.column_names` is required when `data.has_header` is false")
+        return self
+
+
+class CleaningConfig(_Section):
+    """Text cleaning. Defaults suit pretrained transformers: their tokenizers were trained on natural,
+    cased text, so lower-casing, contraction expansion and stop-word removal are available but off (they
+    throw away case and negation, e.g. "not good" -> "good", and move text away from what the model saw)."""
+
+    unicode_normalization: Literal["NFKC", "NFC", "none"] = Field(
+        "NFKC", description="Unicode normalisation form applied to every text."
+    )
+    parse_emails: bool = Field(
+        True, description="Turn raw RFC 822 e-mails into subject + decoded body text (headers dropped)."
+    )
+    strip_html: bool = Field(True, description="Turn HTML markup and entities into plain text.")
+    replace_urls: bool = Field(True, description="Replace URLs by [URL].")
+    replace_emails: bool = Field(True, description="Replace e-mail addresses by [EMAIL] (PII).")
+    replace_phones: bool = Field(True, description="Replace phone numbers by [PHONE] (PII).")
+    replace_credit_cards: bool = Field(True, description="Replace Luhn-valid card numbers by [CARD] (PII).")
+    replace_ibans: bool = Field(True, description="Replace checksum-valid IBANs by [IBAN] (PII).")
+    lowercase: bool = Field(False, description="Lower-case the text (hurts cased models).")
+    expand_contractions: bool = Field(False, description="Expand English contractions (don't -> do not).")
+    remove_stopwords: bool = Field(False, description="Remove English stop words, keeping negations.")
+    collapse_whitespace: bool = Field(True, description="Collapse runs of whitespace into one space.")
+    min_chars: int = Field(1, ge=1, description="Rows shorter than this (after cleaning) are quarantined.")
+    max_chars: int = Field(
+        20_000, ge=1, description="Rows longer than this (after cleaning) are quarantined."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="If set, rows with more model tokens than this are quarantined (too_long)."
+    )
+    drop_duplicates: bool = Field(True, description="Remove exact duplicates of the normalised text.")
+    near_duplicates: bool = Field(True, description="Remove near-duplicates (MinHash LSH) as well.")
+    near_duplicate_threshold: float = Field(
+        0.85,
+        ge=0.5,
+        le=1.0,
+        description="Estimated Jaccard similarity (character 5-grams) for near-duplicates.",
+    )
+    max_quarantine_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="Fail the run when more than this fraction of rows is quarantined."
+    )
+    num_proc: int | None = Field(
+        None, ge=1, description="Processes for cleaning; default: all cores for large data, 1 for small."
+    )
+
+    @model_validator(mode="after")
+    def _lengths(self) -> CleaningConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(
+                f"`cleaning.min_chars` ({self.min_chars}) exceeds `max_chars` ({self.max_chars})"
+            )
+        if self.near_duplicates and not self.drop_duplicates:
+            raise ValueError("`cleaning.near_duplicates` needs `cleaning.drop_duplicates: true`")
+        return self
+
+
+class SplitConfig(_Section):
+    """Stratified train/validation/test split, deterministic for a given seed."""
+
+    train: float = Field(0.70, gt=0.0, lt=1.0)
+    validation: float = Field(0.15, gt=0.0, lt=1.0)
+    test: float = Field(0.15, gt=0.0, lt=1.0)
+    seed: int = Field(42, description="Seed of the hash that orders rows within each class.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1.0, got {total:.4f}")
+        return self
+
+
+class ModelConfig(_Section):
+    """The pretrained model to start from."""
+
+    base: str = Field(
+        "minilm",
+        description="A catalogue name (see `tunery.models.CATALOGUE`), a local folder, or a hub id.",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Maximum tokens per example (truncation).")
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="Module names to adapt; default chosen per architecture."
+    )
+
+
+class PromptLearningConfig(_Section):
+    """prompt_tuning, p_tuning and prefix_tuning: trainable virtual tokens in front of the input."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=512)
+    init_text: str | None = Field(
+        None, description="prompt_tuning only: initialise the virtual tokens from this text."
+    )
+    encoder_hidden_size: int = Field(128, ge=1, description="p_tuning only: prompt encoder width.")
+
+
+class Ia3Config(_Section):
+    target_modules: list[str] | None = Field(None, description="Default chosen per architecture.")
+    feedforward_modules: list[str] | None = Field(None, description="Default chosen per architecture.")
+
+
+class QuantizationConfig(_Section):
+    """qlora: the base model is loaded in 4 bits (bitsandbytes, CUDA only) and LoRA trains on top."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+METHODS = ("full", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "ia3")
+PEFT_PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+
+
+class MethodConfig(_Section):
+    name: Literal["full", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "ia3"] = Field(
+        "full", description="Fine-tuning method."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="lora and qlora settings.")
+    prompt: PromptLearningConfig = Field(default_factory=PromptLearningConfig)
+    ia3: Ia3Config = Field(default_factory=Ia3Config)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+
+
+class TrainingConfig(_Section):
+    epochs: float = Field(3.0, gt=0.0, description="Training epochs (may be fractional).")
+    max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")
+    batch_size: int = Field(16, ge=1, description="Per-process training batch size.")
+    eval_batch_size: int = Field(64, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear")
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping by global norm.")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Override the model's dropout probabilities (None: keep)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16 need a CUDA GPU that supports them."
+    )
+    seed: int = Field(42)
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (None: every epoch).")
+    group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improving `early_stopping_metric`."
+    )
+    early_stopping_metric: Literal["loss", "accuracy", "macro_f1"] = Field(
+        "loss", description="Validation metric watched by early stopping (loss for sft)."
+    )
+    save_steps: int = Field(200, ge=1, description="Write a resumable checkpoint every N optimiser steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the newest ones).")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process.")
+
+
+class DistributedConfig(_Section):
+    """How the training job is launched: always its own process group, never inside the orchestrator."""
+
+    num_processes: int = Field(
+        1, ge=1, description="Processes per node (GPUs per node; CPU processes over gloo without GPUs)."
+    )
+    deepspeed: Literal["none", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"] = Field(
+        "none", description="DeepSpeed config from configs/deepspeed/<name>.json ('none': plain DDP/single)."
+    )
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node jobs.")
+    master_port: int | None = Field(
+        None, ge=1024, le=65535, description="Rendezvous port (default: a free one)."
+    )
+    timeout_minutes: float = Field(
+        240.0, gt=0.0, description="Kill the training job after this long; the task then fails (and retries)."
+    )
+
+
+class SftConfig(_Section):
+    """Instruction tuning (task: sft)."""
+
+    packing: bool = Field(False, description="Pack several examples into each sequence (no padding).")
+    system_prompt: str | None = Field(None, description="System message added to every conversation.")
+    generation_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per evaluation answer.")
+
+
+CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall")
+SFT_METRICS = ("rouge_l", "exact_match")
+
+
+class GateConfig(_Section):
+    primary_metric: (
+        Literal[
+            "macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall", "rouge_l", "exact_match"
+        ]
+        | None
+    ) = Field(
+        None,
+        description="Metric a challenger must improve to become champion (default: macro_f1; sft: rouge_l).",
+    )
+    min_improvement: float = Field(
+        0.0, ge=0.0, description="A challenger must beat the champion by more than this margin."
+    )
+
+    def metric(self, task: str) -> str:
+        """The primary metric for a task (the recipe's, else the task's default)."""
+        return self.primary_metric or ("rouge_l" if task == "sft" else "macro_f1")
+
+
+class EvaluationConfig(_Section):
+    gate: GateConfig = Field(default_factory=GateConfig)
+    generation_samples: int = Field(
+        16, ge=1, description="sft: test rows answered by generation (ROUGE-L, exact match, sample table)."
+    )
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else SQLite in the workdir."
+    )
+    experiment: str = Field("tunery", min_length=1)
+    registered_model: str = Field(..., min_length=1, description="Name of the registered model.")
+
+    @field_validator("registered_model")
+    @classmethod
+    def _no_alias_chars(cls, v: str) -> str:
+        if any(c in v for c in "@/:"):
+            raise ValueError("must not contain '@', '/' or ':'")
+        return v
+
+
+class Recipe(_Section):
+    """A complete fine-tuning recipe."""
+
+    name: str = Field(..., min_length=1, description="Short name of the job, used in run names.")
+    task: Literal["classification", "sft"] = Field(
+        "classification",
+        description="classification: an encoder learns labels; sft: a decoder learns to answer instructions.",
+    )
+    data: DataConfig
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    mlflow: MlflowConfig
+    workdir: str = Field(".tunery", description="Folder for run outputs and the default MLflow store.")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        """Reject combinations that cannot work, before any data is read or any GPU is touched."""
+        method, ds = self.method.name, self.distributed.deepspeed
+        if ds.startswith("zero3") and method in PEFT_PROMPT_METHODS:
+            raise ValueError(f"`method.name: {method}` does not support DeepSpeed ZeRO-3; use zero1 or zero2")
+        if ds.startswith("zero3") and method == "qlora":
+            raise ValueError("`method.name: qlora` cannot be combined with DeepSpeed ZeRO-3 (4-bit weights)")
+        metric = self.evaluation.gate.metric(self.task)
+        allowed = SFT_METRICS if self.task == "sft" else CLASSIFICATION_METRICS
+        if metric not in allowed:
+            raise ValueError(
+                f"`evaluation.gate.primary_metric: {metric}` does not apply to task {self.task}; "
+                f"use one of {', '.join(allowed)}"
+            )
+        if self.task == "sft" and self.training.early_stopping_metric != "loss":
+            raise ValueError("`training.early_stopping_metric` must be 'loss' for task sft")
+        if self.task == "classification" and self.sft.packing:
+            raise ValueError("`sft.packing` only applies to task sft")
+        if self.distributed.hostfile and ds == "none":
+            raise ValueError(
+                "`distributed.hostfile` (multi-node) needs a DeepSpeed config in `distributed.deepspeed`"
+            )
+        return self
+
+    def digest(self) -> str:
+        """A short content hash of the recipe, stable across key order."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+Override = Annotated[str, "dotted.key=value"]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a raw recipe mapping (values parsed as YAML scalars/lists).
+
+    Args:
+        raw: the mapping loaded from YAML; it is not modified.
+        overrides: strings of the form ``dotted.key=value``.
+
+    Returns:
+        A new mapping with the overrides applied.
+    """
+    result = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override {item!r} is not of the form dotted.key=value")
+        parts = key.strip().split(".")
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise RecipeError(f"override {item!r}: `{where}` is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    return result
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid recipe {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `tunery validate --help` for the recipe format)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file.
+
+    Relative ``data.source`` and ``workdir`` stay as written; :func:`resolve_paths` anchors them.
+
+    Raises:
+        RecipeError: the file is missing, is not YAML, or does not validate. The message names the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a YAML mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(_format_validation_error(err, str(path))) from None
+
+
+def resolve_paths(recipe: Recipe, base_dir: str | Path) -> Recipe:
+    """Return a copy whose local relative paths (data source, workdir) are anchored at ``base_dir``."""
+    base = Path(base_dir)
+    update: dict[str, Any] = {}
+    src = recipe.data.source
+    if "://" not in src and not Path(src).is_absolute():
+        update["data"] = recipe.data.model_copy(update={"source": str((base / src).resolve())})
+    if not Path(recipe.workdir).is_absolute():
+        update["workdir"] = str((base / recipe.workdir).resolve())
+    return recipe.model_copy(update=update)

@@ -1,0 +1,67 @@
+"""Where a run keeps its files. Stages exchange these paths, never in-memory tables or models."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The folder of one pipeline run and the fixed names of what each stage writes into it."""
+
+    root: Path
+
+    @classmethod
+    def create(cls, workdir: str | Path, name: str) -> RunLayout:
+        """Make a new, uniquely named run folder under ``workdir/runs``."""
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+        root = Path(workdir) / "runs" / f"{slug}-{stamp}"
+        root.mkdir(parents=True, exist_ok=False)
+        return cls(root=root)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def ingested(self) -> Path:
+        return self.data_dir / "ingested.parquet"
+
+    @property
+    def cleaned(self) -> Path:
+        return self.data_dir / "clean.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.data_dir / "quarantine.jsonl"
+
+    @property
+    def data_report(self) -> Path:
+        return self.data_dir / "report.json"
+
+    def split(self, name: str) -> Path:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return self.data_dir / "splits" / f"{name}.parquet"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def metrics(self) -> Path:
+        return self.eval_dir / "metrics.json"
