@@ -1,0 +1,65 @@
+"""The data stages as file-to-file steps: ingest -> clean -> split, each writing into the run layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tunery.config import Recipe
+from tunery.data import report
+from tunery.data.clean import clean
+from tunery.data.ingest import ingest
+from tunery.data.split import SPLITS, split
+from tunery.layout import RunLayout
+
+
+def data_kind(recipe: Recipe) -> str:
+    """Which columns the task reads: labelled text (classification) or instruction data (sft)."""
+    return "instruction" if recipe.task == "sft" else "labelled_text"
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+
+
+def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
+    """Read the recipe's data source into ``ingested.parquet`` (one row per source record)."""
+    rows = ingest(recipe.data, data_kind(recipe))
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(layout.ingested, index=False)
+    return layout.ingested
+
+
+def clean_stage(recipe: Recipe, layout: RunLayout) -> Path:
+    """Clean ingested rows into ``clean.parquet``; every row not kept goes to ``quarantine.jsonl``."""
+    from tunery.models import resolve_model
+
+    tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens else None
+    cache = layout.data_dir / ".arrow"
+    cache.mkdir(parents=True, exist_ok=True)
+    result = clean(pd.read_parquet(layout.ingested), recipe.cleaning, recipe.data.labels, cache, tokenizer)
+    result.kept.to_parquet(layout.cleaned, index=False)
+    result.quarantined.to_json(layout.quarantine, orient="records", lines=True, force_ascii=False)
+    _write_json(layout.data_report, {"clean": result.stats, "quarantine_file": str(layout.quarantine)})
+    return layout.cleaned
+
+
+def split_stage(recipe: Recipe, layout: RunLayout) -> dict[str, str]:
+    """Split clean rows into train/validation/test Parquet files; finish the data report and its plots."""
+    threshold = recipe.cleaning.near_duplicate_threshold if recipe.cleaning.near_duplicates else None
+    parts, warnings = split(pd.read_parquet(layout.cleaned), recipe.split, threshold)
+    for name, frame in parts.items():
+        layout.split(name).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(layout.split(name), index=False)
+    data_report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    data_report["split"] = report.split_summary(parts)
+    data_report["warnings"] = warnings
+    data_report["plots"] = [
+        str(report.plot_lengths(parts, layout.data_dir / "lengths.png")),
+        str(report.plot_labels(data_report["split"], layout.data_dir / "labels.png")),
+    ]
+    _write_json(layout.data_report, data_report)
+    return {name: str(layout.split(name)) for name in SPLITS}
