@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tunery.config import GateConfig
+from tunery.evaluation import paired_bootstrap
+from tunery.registry import decide
+
+
+def metrics(model: float, champion: float | None, ci: tuple[float, float] | None = None) -> dict:
+    out = {"model": {"macro_f1": model}, "champion": None if champion is None else {"macro_f1": champion}}
+    if ci is not None and champion is not None:
+        out["gate_bootstrap"] = {
+            "metric": "macro_f1",
+            "delta": model - champion,
+            "ci_low": ci[0],
+            "ci_high": ci[1],
+            "confidence": 0.95,
+            "resamples": 1000,
+        }
+    return out
+
+
+@pytest.mark.parametrize(
+    ("model", "champion", "margin", "alias"),
+    [
+        (0.50, None, 0.0, "champion"),  # first model becomes champion
+        (0.91, 0.90, 0.0, "champion"),  # clearly better
+        (0.60, 0.90, 0.0, "challenger"),  # degraded
+        (0.90, 0.90, 0.0, "challenger"),  # a tie does not promote
+        (0.905, 0.90, 0.01, "challenger"),  # better, but within the margin
+        (0.92, 0.90, 0.01, "champion"),  # beyond the margin
+    ],
+)
+def test_gate_without_bootstrap_uses_the_margin_rule(model, champion, margin, alias):
+    decision = decide(metrics(model, champion), GateConfig(min_improvement=margin))
+    assert decision.alias == alias
+    assert f"{model:.4f}" in decision.reason
+    if champion is not None:
+        assert f"{champion:.4f}" in decision.reason
+        assert "plain margin rule" in decision.reason
+        assert decision.ci_low is None
+
+
+@pytest.mark.parametrize(
+    ("model", "champion", "margin", "ci", "alias"),
+    [
+        (0.50, None, 0.0, (-0.1, 0.1), "champion"),  # first model becomes champion, CI or not
+        (0.95, 0.85, 0.0, (0.05, 0.15), "champion"),  # clearly better
+        (0.92, 0.90, 0.01, (0.004, 0.036), "champion"),  # beyond the margin and CI above 0
+        (0.60, 0.90, 0.0, (-0.35, -0.25), "challenger"),  # degraded
+        (0.60, 0.90, 0.0, (0.01, 0.05), "challenger"),  # degraded is never promoted, whatever the CI says
+        (0.90, 0.90, 0.0, (-0.01, 0.01), "challenger"),  # a tie
+        (0.905, 0.90, 0.01, (0.001, 0.009), "challenger"),  # CI above 0 but within the margin
+        (0.9123, 0.9050, 0.0, (-0.0040, 0.0180), "challenger"),  # tiny improvement, CI includes 0
+        (0.9123, 0.9050, 0.0, (0.0, 0.0180), "challenger"),  # a CI touching 0 does not exclude it
+    ],
+)
+def test_gate_with_paired_bootstrap(model, champion, margin, ci, alias):
+    decision = decide(metrics(model, champion, ci), GateConfig(min_improvement=margin))
+    assert decision.alias == alias
+    assert f"{model:.4f}" in decision.reason
+    if champion is None:
+        return
+    assert f"{champion:.4f}" in decision.reason
+    assert f"{model - champion:+.4f}" in decision.reason
+    assert f"95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}]" in decision.reason
+    assert (decision.ci_low, decision.ci_high) == ci
+    assert ("does not beat champion" in decision.reason) == (alias == "challenger")
+
+
+def test_gate_reason_says_when_the_ci_includes_zero():
+    decision = decide(metrics(0.9123, 0.9050, (-0.0040, 0.0180)), GateConfig())
+    assert decision.reason.startswith(
+        "macro_f1 0.9123 vs champion 0.9050: +0.0073, 95% CI [-0.0040, +0.0180]"
+    )
+    assert "includes 0" in decision.reason and "not promoted" in decision.reason
+
+
+def test_gate_ignores_a_bootstrap_of_another_metric():
+    block = metrics(0.92, 0.90, (-0.5, -0.4))
+    block["gate_bootstrap"]["metric"] = "accuracy"
+    decision = decide(block, GateConfig())
+    assert decision.alias == "champion" and "plain margin rule" in decision.reason
+
+
+def _paired(n: int, p_challenger: float, p_champion: float, seed: int) -> tuple[list, list, list]:
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(["a", "b", "c"], size=n).tolist()
+
+    def predict(p: float) -> list[str]:
+        correct = rng.random(n) < p
+        return [t if ok else {"a": "b", "b": "c", "c": "a"}[t] for t, ok in zip(truth, correct, strict=True)]
+
+    return truth, predict(p_challenger), predict(p_champion)
+
+
+def _scored(truth, challenger, champion) -> dict:
+    from sklearn.metrics import f1_score
+
+    labels = ["a", "b", "c"]
+    return {
+        "model": {"macro_f1": f1_score(truth, challenger, labels=labels, average="macro")},
+        "champion": {"macro_f1": f1_score(truth, champion, labels=labels, average="macro")},
+        "gate_bootstrap": paired_bootstrap(truth, challenger, champion, labels, "macro_f1", resamples=300),
+    }
+
+
+def test_gate_on_real_bootstraps():
+    clear = _scored(*_paired(600, 0.9, 0.6, seed=1))
+    assert decide(clear, GateConfig()).alias == "champion"
+    worse = _scored(*_paired(600, 0.6, 0.9, seed=2))
+    assert decide(worse, GateConfig()).alias == "challenger"
+    truth, champion, _ = _paired(600, 0.8, 0.8, seed=3)
+    challenger = list(champion)
+    fixed = next(i for i, (t, p) in enumerate(zip(truth, champion, strict=True)) if t != p)
+    challenger[fixed] = truth[fixed]  # one more row right: a tiny, real improvement
+    tiny = _scored(truth, challenger, champion)
+    assert tiny["model"]["macro_f1"] > tiny["champion"]["macro_f1"]
+    decision = decide(tiny, GateConfig())
+    assert decision.alias == "challenger" and "includes 0" in decision.reason

@@ -1,0 +1,224 @@
+"""The MLflow model registry: log the model as a pyfunc, register a version, apply the champion gate."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from tunery.config import GateConfig, Recipe
+from tunery.evaluation import headline
+from tunery.layout import RunLayout
+from tunery.tracking import client
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# What the registered pyfunc needs at load time; versions are taken from this environment.
+_SERVING_PACKAGES = (
+    "torch",
+    "transformers",
+    "pandas",
+    "numpy",
+    "scikit-learn",
+    "mlflow",
+    "pydantic",
+    "pyyaml",
+)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    alias: str
+    reason: str
+    challenger_score: float
+    champion_score: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the register stage did, as printed by the CLI."""
+
+    model_name: str
+    version: str
+    alias: str
+    reason: str
+    run_id: str
+    model_uri: str
+    test_metrics: dict
+
+
+def _bootstrap_block(metrics: dict, key: str) -> dict | None:
+    """The paired bootstrap of ``metrics`` for ``key``, if evaluation stored a usable one."""
+    boot = metrics.get("gate_bootstrap")
+    if not isinstance(boot, dict) or boot.get("metric") != key:
+        return None
+    if not all(isinstance(boot.get(k), int | float) for k in ("ci_low", "ci_high")):
+        return None
+    return boot
+
+
+def decide(metrics: dict, gate: GateConfig, task: str = "classification") -> GateDecision:
+    """The champion/challenger gate on the primary metric, both models scored on the same test rows.
+
+    A challenger becomes champion when there is no champion, or when both hold:
+
+    - the observed improvement (challenger - champion) is larger than ``gate.min_improvement``, and
+    - the lower bound of the paired bootstrap confidence interval of that improvement, which evaluation
+      stores under ``metrics["gate_bootstrap"]`` (``metric``, ``delta``, ``ci_low``, ``ci_high``,
+      ``resamples``), is above 0.
+
+    Without a bootstrap block for the primary metric (e.g. metrics written by hand) only the margin rule
+    applies, and the reason says so. Otherwise the challenger stays a challenger.
+    """
+    key = gate.metric(task)
+    score = metrics["model"][key]
+    champion = metrics.get("champion")
+    if not champion:
+        return GateDecision(CHAMPION, f"no champion yet ({key} {score:.4f})", score, None)
+    best = champion[key]
+    delta = score - best
+    margin = gate.min_improvement
+    observed = f"{key} {score:.4f} vs champion {best:.4f}: {delta:+.4f}"
+    beats_margin = delta > margin
+    boot = _bootstrap_block(metrics, key)
+    if boot is None:
+        rule = "no paired bootstrap CI available, plain margin rule"
+        if beats_margin:
+            reason = f"{observed} beats champion by more than {margin:.4f} ({rule}): promoted"
+            return GateDecision(CHAMPION, reason, score, best)
+        reason = f"{observed} does not beat champion by more than {margin:.4f} ({rule}): not promoted"
+        return GateDecision(CHALLENGER, reason, score, best)
+    low, high = float(boot["ci_low"]), float(boot["ci_high"])
+    level = round(100 * float(boot.get("confidence", 0.95)))
+    resamples = boot.get("resamples", "?")
+    ci = f"{level}% CI [{low:+.4f}, {high:+.4f}] ({resamples} paired bootstrap resamples)"
+    if not beats_margin:
+        reason = f"{observed}, {ci}: does not beat champion by more than {margin:.4f}: not promoted"
+        return GateDecision(CHALLENGER, reason, score, best, low, high)
+    if low <= 0:
+        reason = f"{observed}, {ci} includes 0: does not beat champion reliably: not promoted"
+        return GateDecision(CHALLENGER, reason, score, best, low, high)
+    reason = f"{observed}, {ci} excludes 0: beats champion by more than {margin:.4f}: promoted"
+    return GateDecision(CHAMPION, reason, score, best, low, high)
+
+
+def current_champion(recipe: Recipe) -> str | None:
+    """The version number aliased ``champion`` for the recipe's registered model, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(
+            client(recipe).get_model_version_by_alias(recipe.mlflow.registered_model, CHAMPION).version
+        )
+    except MlflowException:
+        return None
+
+
+def load_predictor(recipe: Recipe, version: str) -> Callable[[pd.DataFrame], list[str] | pd.DataFrame]:
+    """Load a registered version through MLflow (as serving would).
+
+    Returns:
+        test rows -> answers (sft), or the pyfunc's frame: ``label`` and one ``prob_<label>`` column per
+        class (classification; evaluation scores the labels and, when they match, the probabilities).
+    """
+    import mlflow
+
+    client(recipe)
+    model = mlflow.pyfunc.load_model(
+        f"models:/{recipe.mlflow.registered_model}/{version}",
+        dst_path=tempfile.mkdtemp(prefix="tunery-champion-"),
+    )
+    if recipe.task == "sft":
+        return lambda rows: model.predict(rows[["instruction", "input"]])["answer"].tolist()
+    return lambda rows: model.predict(pd.DataFrame({"text": rows["text"]}))
+
+
+def _pyfunc(recipe: Recipe, layout: RunLayout):
+    """The pyfunc to log for the task, with an input example and its output (for the signature)."""
+    from tunery.pyfunc import InstructionModel, TextClassifierModel, predictions_frame
+
+    test = pd.read_parquet(layout.split("test"))
+    if recipe.task == "sft":
+        example = test[["instruction", "input"]].head(1).reset_index(drop=True)
+        return InstructionModel(), example, pd.DataFrame({"answer": ["an answer"]})
+    example = pd.DataFrame({"text": test["text"].head(3).tolist()})
+    return TextClassifierModel(), example, predictions_frame(layout.model_dir, example["text"].tolist())
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for pkg in _SERVING_PACKAGES:
+        try:
+            version = importlib.metadata.version(pkg).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        reqs.append(f"{pkg}=={version}")
+    return reqs
+
+
+def _log_run_outputs(layout: RunLayout, metrics: dict) -> None:
+    """Log test metrics and the evaluation and training files (the data stage logged its own)."""
+    import mlflow
+
+    mlflow.log_metrics(headline(metrics))
+    train_summary = layout.train_dir / "metrics.json"
+    if train_summary.exists():
+        mlflow.log_artifact(str(train_summary), "train")
+    mlflow.log_artifacts(str(layout.eval_dir), "eval")
+
+
+def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
+    """Log the model into the run, register it as a new version and alias it by the gate.
+
+    Returns:
+        The registration: model name, version, alias given, the gate's reason and the test metrics.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    python_model, example, output = _pyfunc(recipe, layout)
+    signature = infer_signature(example, output)
+    name = recipe.mlflow.registered_model
+    client(recipe)
+    with mlflow.start_run(run_id=run_id):
+        _log_run_outputs(layout, metrics)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts={"model_dir": str(layout.model_dir)},
+            pip_requirements=_requirements(),
+            signature=signature,
+            input_example=example,
+            registered_model_name=name,
+        )
+    version = str(info.registered_model_version)
+    decision = decide(metrics, recipe.evaluation.gate, recipe.task)
+    mlf = client(recipe)
+    mlf.set_registered_model_alias(name, decision.alias, version)
+    tags = {
+        "tunery.gate.decision": decision.alias,
+        "tunery.gate.reason": decision.reason,
+        "tunery.gate.compared_with": str(metrics.get("champion_version")),
+        "tunery.recipe_digest": recipe.digest(),
+        f"tunery.test.{recipe.evaluation.gate.metric(recipe.task)}": f"{decision.challenger_score:.6f}",
+    }
+    if decision.ci_low is not None:
+        tags["tunery.gate.ci"] = f"[{decision.ci_low:.6f}, {decision.ci_high:.6f}]"
+    for key, value in tags.items():
+        mlf.set_model_version_tag(name, version, key, value)
+    mlf.set_tag(run_id, "tunery.gate", json.dumps(asdict(decision)))
+    return Registration(
+        model_name=name,
+        version=version,
+        alias=decision.alias,
+        reason=decision.reason,
+        run_id=run_id,
+        model_uri=f"models:/{name}@{decision.alias}",
+        test_metrics={k: v for k, v in metrics["model"].items() if isinstance(v, float)},
+    )

@@ -1,0 +1,58 @@
+"""Human-readable summaries of a run: one metrics line for logs, and a markdown report."""
+
+from __future__ import annotations
+
+import json
+
+from tunery.layout import RunLayout
+
+_SKIP = ("n", "exact_match_rows")
+
+
+def headline_keys(metrics: dict) -> list[str]:
+    """The scalar metrics of the model (classification or sft), in a stable order."""
+    return [k for k, v in metrics["model"].items() if isinstance(v, int | float) and k not in _SKIP]
+
+
+def metric_line(metrics: dict) -> str:
+    """``accuracy 0.9500 | macro_f1 0.9012 ...`` for the model, then the baselines' primary metric."""
+    key = metrics["primary_metric"]
+    model = " | ".join(f"{k} {metrics['model'][k]:.4f}" for k in headline_keys(metrics))
+    bases = ", ".join(f"{name} {key} {vals[key]:.4f}" for name, vals in metrics["baselines"].items())
+    return f"{model} (baselines: {bases})"
+
+
+def _row(name: str, values: dict | None, keys: list[str]) -> str:
+    cells = [f"{values[k]:.4f}" if values and isinstance(values.get(k), int | float) else "–" for k in keys]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def run_markdown(layout: RunLayout, registration) -> str:
+    """A markdown summary: data counts, test metrics against baselines and champion, gate decision."""
+    data = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    clean = data["clean"]
+    keys = headline_keys(metrics)
+    lines = [
+        f"# {registration.model_name} version {registration.version}: **{registration.alias}**",
+        "",
+        f"Gate: {registration.reason}.",
+        "",
+        "## Data",
+        f"rows in {clean['rows_in']} · kept {clean['kept']} · quarantined {clean['quarantined']} "
+        f"{clean['quarantine_reasons']} · duplicates removed {clean['deduplicated']}",
+        "",
+        "| split | rows | labels |",
+        "|---|---|---|",
+        *[f"| {name} | {s['rows']} | {s['labels']} |" for name, s in data["split"].items()],
+        "",
+        "## Test metrics",
+        "| model | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+        _row("this run", metrics["model"], keys),
+        _row(f"champion (v{metrics.get('champion_version')})", metrics.get("champion"), keys),
+        *[_row(f"baseline: {name}", values, keys) for name, values in metrics["baselines"].items()],
+        "",
+        f"MLflow run `{registration.run_id}` · model `{registration.model_uri}` · run folder `{layout.root}`",
+    ]
+    return "\n".join(lines)

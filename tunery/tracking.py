@@ -1,0 +1,153 @@
+"""MLflow tracking: where the store is, the run of a pipeline, and a small metric-logger protocol."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from tunery.config import Recipe
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def tracking_uri(recipe: Recipe) -> str:
+    """The recipe's tracking URI, else ``MLFLOW_TRACKING_URI``, else SQLite inside the workdir."""
+    if recipe.mlflow.tracking_uri:
+        return recipe.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    workdir = Path(recipe.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def artifact_location(recipe: Recipe) -> str | None:
+    """Artifacts next to a local SQLite store (not in the current directory's ./mlruns)."""
+    uri = tracking_uri(recipe)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None
+
+
+def client(recipe: Recipe):
+    """An MLflow client bound to the recipe's store (also sets the process-wide tracking URI)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(recipe))
+    return mlflow.MlflowClient(tracking_uri(recipe))
+
+
+def experiment_id(recipe: Recipe) -> str:
+    """Get or create the recipe's experiment."""
+    mlf = client(recipe)
+    found = mlf.get_experiment_by_name(recipe.mlflow.experiment)
+    if found is not None:
+        return found.experiment_id
+    return mlf.create_experiment(recipe.mlflow.experiment, artifact_location=artifact_location(recipe))
+
+
+def git_commit() -> str:
+    """The current git commit of the working directory, or 'unknown' outside a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(prefix: str, value: object, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, child, out)
+    else:
+        out[prefix] = str(value)[:6000]
+
+
+def start_run(recipe: Recipe, run_dir: Path) -> str:
+    """Open the MLflow run of one pipeline run: tags, flattened recipe params and the recipe file.
+
+    Returns:
+        The MLflow run id that later stages log into.
+    """
+    mlf = client(recipe)
+    run = mlf.create_run(
+        experiment_id(recipe),
+        run_name=run_dir.name,
+        tags={
+            "tunery.recipe_name": recipe.name,
+            "tunery.recipe_digest": recipe.digest(),
+            "tunery.run_dir": str(run_dir),
+            "tunery.task": recipe.task,
+            "mlflow.source.git.commit": git_commit(),
+        },
+    )
+    params: dict[str, str] = {}
+    _flatten("", recipe.model_dump(mode="json"), params)
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        mlf.log_batch(run.info.run_id, params=items[start : start + 100])
+    mlf.log_text(run.info.run_id, recipe.to_yaml(), "recipe.yaml")
+    return run.info.run_id
+
+
+def log_files(recipe: Recipe, run_id: str, paths: list[Path], folder: str) -> None:
+    """Log existing files into a folder of the run's artifacts (missing files are skipped)."""
+    mlf = client(recipe)
+    for path in paths:
+        if Path(path).exists():
+            mlf.log_artifact(run_id, str(path), folder)
+
+
+def data_metrics(report: dict) -> dict[str, float]:
+    """The data report's counts as flat MLflow metrics (data/rows_in, data/kept, data/test_rows, ...)."""
+    clean = report["clean"]
+    keys = ("rows_in", "kept", "quarantined", "deduplicated", "exact_duplicates", "near_duplicates")
+    flat = {f"data/{k}": float(clean.get(k, 0)) for k in keys}
+    flat.update({f"data/{name}_rows": float(s["rows"]) for name, s in report.get("split", {}).items()})
+    return flat
+
+
+def end_run(recipe: Recipe, run_id: str, status: str = "FINISHED") -> None:
+    """Close the pipeline's MLflow run (status FINISHED or FAILED)."""
+    client(recipe).set_terminated(run_id, status=status)
+
+
+class MetricLogger(Protocol):
+    """Where stages send numbers; implementations must be cheap no-ops off rank 0."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+
+class NullLogger:
+    """Logs nothing (library calls without tracking, non-zero ranks)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        return None
+
+
+class MlflowLogger:
+    """Logs numeric metrics into an existing MLflow run by id (no active-run global state)."""
+
+    def __init__(self, recipe: Recipe, run_id: str) -> None:
+        self._client = client(recipe)
+        self._run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in metrics.items()
+            if isinstance(value, int | float) and value == value  # skip NaN
+        ]
+        if batch:
+            self._client.log_batch(self._run_id, metrics=batch)
