@@ -1,0 +1,38 @@
+"""The finetune flow: ingest -> clean -> split -> train -> evaluate -> register.
+
+Wiring only: each stage is one task in tasks/, each task one call into the tunery library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.data import clean_data, ingest_data, split_data
+from tasks.model import close_run, evaluate_model, open_run, register_model, train_model
+from tunery.config import load_recipe, resolve_paths
+
+
+@flow(name="finetune", log_prints=True)
+def finetune(recipe_path: str, overrides: list[str] | None = None) -> dict:
+    """Fine-tune a model from a YAML recipe and register it in MLflow.
+
+    Args:
+        recipe_path: path of the recipe YAML (relative paths inside it are relative to the working dir).
+        overrides: dotted ``key=value`` overrides, e.g. ``["training.epochs=1", "method.name=lora"]``.
+    """
+    recipe = resolve_paths(load_recipe(recipe_path, overrides or []), Path.cwd())
+    run_dir, run_id = open_run(recipe)
+    try:
+        ingested = ingest_data(recipe, run_dir)
+        cleaned = clean_data(recipe, run_dir, ingested)
+        splits = split_data(recipe, run_dir, run_id, cleaned)
+        model_dir = train_model(recipe, run_dir, run_id, splits)
+        metrics = evaluate_model(recipe, run_dir, model_dir)
+        result = register_model(recipe, run_dir, run_id, metrics)
+    except BaseException:
+        close_run(recipe, run_id, "FAILED")
+        raise
+    close_run(recipe, run_id, "FINISHED")
+    return result

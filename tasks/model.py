@@ -1,0 +1,71 @@
+"""Model tasks: open the tracking run, train, evaluate, register. They pass folders and run ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks._retry import retry_unless_bad_input
+from tunery import evaluation, launch, registry, report, tracking
+from tunery.config import Recipe
+from tunery.layout import RunLayout
+
+
+@task(name="open-run", retries=2, retry_delay_seconds=5)
+def open_run(recipe: Recipe) -> tuple[str, str]:
+    """Create the run folder and its MLflow run. Returns (run folder, MLflow run id)."""
+    layout = RunLayout.create(recipe.workdir, recipe.name)
+    run_id = tracking.start_run(recipe, layout.root)
+    get_run_logger().info("run folder %s, MLflow run %s", layout.root, run_id)
+    return str(layout.root), run_id
+
+
+@task(name="train", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_input)
+def train_model(recipe: Recipe, run_dir: str, run_id: str, splits: dict[str, str]) -> str:
+    """Launch training as its own (multi-)process job; a retry resumes from the last complete checkpoint."""
+    layout = RunLayout(Path(run_dir))
+    logger = get_run_logger()
+    model_dir = launch.launch_training(recipe, layout, run_id, on_line=logger.info)
+    summary = json.loads((layout.train_dir / "metrics.json").read_text())
+    logger.info(
+        "trained %d steps in %.0f s; validation %s",
+        summary["global_steps"],
+        summary["train_runtime_s"],
+        {k: round(v, 4) for k, v in summary["validation"].items() if k in ("loss", "accuracy", "macro_f1")},
+    )
+    return str(model_dir)
+
+
+@task(name="evaluate", retries=2, retry_delay_seconds=5)
+def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
+    """Score the model, the majority baseline and the current champion on the same test rows."""
+    champion_version = registry.current_champion(recipe)
+    champion = registry.load_predictor(recipe, champion_version) if champion_version else None
+    path = evaluation.evaluate(recipe, RunLayout(Path(run_dir)), champion, champion_version)
+    metrics = json.loads(Path(path).read_text())
+    get_run_logger().info("test %s", report.metric_line(metrics))
+    return str(path)
+
+
+@task(name="register", retries=2, retry_delay_seconds=5)
+def register_model(recipe: Recipe, run_dir: str, run_id: str, metrics_path: str) -> dict:
+    """Log the model, register a new version and alias it champion or challenger by the gate."""
+    layout = RunLayout(Path(run_dir))
+    result = registry.register(recipe, layout, run_id)
+    create_markdown_artifact(
+        key="finetune-summary", markdown=report.run_markdown(layout, result), description="tunery run summary"
+    )
+    get_run_logger().info(
+        "registered %s version %s as %s: %s", result.model_name, result.version, result.alias, result.reason
+    )
+    return asdict(result)
+
+
+@task(name="close-run", retries=2, retry_delay_seconds=5)
+def close_run(recipe: Recipe, run_id: str, status: str) -> None:
+    """Mark the MLflow run FINISHED or FAILED."""
+    tracking.end_run(recipe, run_id, status)
