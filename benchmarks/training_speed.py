@@ -1,0 +1,673 @@
+"""Training speed: tunery's training engine against a plain HF Trainer script written like HF's run_glue.py.
+
+Fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on SST-2 sentiment, CPU only:
+
+* baseline: the way HF's text-classification example (``run_glue.py``) does it: the tokenizer pads every
+  example to ``max_length`` (128) with truncation, ``default_data_collator``, no length grouping (the
+  Trainer's default random sampler), ``AutoModelForSequenceClassification``, logging off, no checkpoints.
+* tunery: ``tunery.training.train`` on a run folder whose splits hold the same sample (train) and the dev
+  set (validation and test), for ``method.name`` ``full`` and ``lora`` (r=8 on query/value, with a higher
+  learning rate, as usual for adapters): dynamic padding (``DataCollatorWithPadding``) and
+  ``group_by_length`` as tunery does by default, with its default per-epoch validation and checkpoints.
+
+Both get the same seeded sample of ``--train-samples`` training rows, the same epochs, batch size, learning
+rate (full), weight decay, warmup and seed, and are evaluated on the SST-2 dev set (872 rows). Each
+configuration runs in a fresh worker process of this script (``--worker baseline|full|lora``), one after
+the other (alternately when ``--repeats`` > 1), so that each worker's peak RSS is that method's alone.
+Inside its worker tunery trains in-process (``train()`` is called directly, not through
+``tunery.launch.launch_training``), so the comparison measures the training loop, not process start-up.
+
+A budget run then trains tunery ``full`` on the whole SST-2 training set (67,349 rows) for
+``--budget-minutes``: ``training.max_steps = floor(budget_s * samples_per_s / batch_size)`` with the
+samples/s measured for tunery ``full`` above (tunery's recipe has no wall-clock stop), and records the
+training time it really took and the dev accuracy it reached (target >= 0.88).
+
+Usage::
+
+    python benchmarks/training_speed.py          # 4,000 samples, 1 epoch, 1 repeat, 10-min budget (~25 min)
+    python benchmarks/training_speed.py --quick  # 256 samples, 200 dev rows, no budget run (smoke test)
+
+Results go to ``benchmarks/results/training_speed.json`` (``--out``) and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import _machine
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "training_speed.json"
+MODEL = "minilm"
+MAX_LENGTH = 128
+BATCH_SIZE = 16
+EVAL_BATCH_SIZE = 64
+LORA_R = 8
+LORA_ALPHA = 16
+LORA_TARGETS = ("query", "value")
+TARGET_RATIO = 2.0
+TARGET_BUDGET_ACCURACY = 0.88
+DEFAULT_TRAIN_SAMPLES = 4000
+QUICK_TRAIN_SAMPLES = 256
+QUICK_DEV_ROWS = 200
+RESULT_PREFIX = "TRAINING_SPEED_RESULT "
+WORKERS = ("baseline", "full", "lora")
+CONFIG_NAMES = {"baseline": "baseline", "full": "tunery_full", "lora": "tunery_lora"}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data: the same seeded sample in every worker
+# --------------------------------------------------------------------------------------------------------
+
+
+def read_sst2(path: Path) -> pd.DataFrame:
+    """One SST-2 TSV file as a frame with columns ``sentence`` and ``label`` (0/1).
+
+    The header is ``label<TAB>sentence`` in train.tsv but ``label<TAB>content`` in dev.tsv: the text is
+    whichever column is not ``label``.
+    """
+    import pandas as pd
+
+    frame = pd.read_csv(
+        path,
+        sep="\t",
+        quoting=csv.QUOTE_NONE,  # sentences contain quote characters; no field is quoted
+        keep_default_na=False,
+        dtype=str,
+    )
+    text = [c for c in frame.columns if c != "label"]
+    if "label" not in frame.columns or len(text) != 1:
+        raise ValueError(f"{path}: expected columns label and one text column, got {list(frame.columns)}")
+    return pd.DataFrame({"sentence": frame[text[0]], "label": frame["label"].astype(int)})
+
+
+def load_data(data_dir: Path, train_samples: int, dev_rows: int | None, seed: int) -> dict[str, pd.DataFrame]:
+    """The training sample and the dev rows, identical for a given (sizes, seed) in every process.
+
+    Args:
+        data_dir: the shared data folder (holding ``sst2/train.tsv`` and ``sst2/dev.tsv``).
+        train_samples: rows drawn from the training set without replacement; 0 or more than there are
+            means all of them (in file order).
+        dev_rows: rows drawn from the dev set (kept in file order); None means the whole dev set.
+        seed: the seed of both draws.
+
+    Returns:
+        ``{"train": ..., "dev": ...}``, each with columns ``sentence`` and ``label`` (0/1).
+    """
+    folder = data_dir / "sst2"
+    train, dev = read_sst2(folder / "train.tsv"), read_sst2(folder / "dev.tsv")
+    if 0 < train_samples < len(train):
+        train = train.sample(n=train_samples, random_state=seed).reset_index(drop=True)
+    if dev_rows is not None and dev_rows < len(dev):
+        dev = dev.sample(n=dev_rows, random_state=seed).sort_index().reset_index(drop=True)
+    return {"train": train, "dev": dev}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Workers: one configuration per process
+# --------------------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
+
+
+def _trained_samples(rows: int, epochs: float, max_steps: int, batch_size: int) -> float:
+    """How many examples the schedule feeds to the model (what the wall-clock samples/s divides)."""
+    return max_steps * batch_size if max_steps > 0 else rows * epochs
+
+
+def step_clock() -> Any:
+    """A Trainer callback that adds up the time spent inside optimiser steps (``.seconds``).
+
+    A step runs from ``on_step_begin`` to ``on_step_end``: forward, backward, clipping and the optimiser
+    update. Fetching and collating the batch comes before it, logging, evaluation and checkpoint saves after
+    it, so ``wall_s - step_s`` is what the training loop spent outside the steps.
+    """
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds = 0.0
+            self._began: float | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self._began is not None:
+                self.seconds += time.perf_counter() - self._began
+                self._began = None
+
+    return StepClock()
+
+
+def _step_figures(clock: Any, trained: float, wall: float) -> dict[str, float | None]:
+    """Step time, samples/s within the steps, and the loop time outside them (None without a clock)."""
+    if clock is None or clock.seconds <= 0:
+        return {"step_s": None, "step_samples_per_s": None, "outside_steps_s": None}
+    return {
+        "step_s": round(clock.seconds, 3),
+        "step_samples_per_s": round(trained / clock.seconds, 3),
+        "outside_steps_s": round(wall - clock.seconds, 3),
+    }
+
+
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune the way HF's run_glue.py does (pad to 128, default collator, random sampler); measure it."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    from tunery.models import resolve_model
+
+    data = load_data(args.data_dir, args.train_samples, args.dev_rows, args.seed)
+    started = time.perf_counter()
+    set_seed(args.seed)  # before the model, as run_glue.py does: the classifier head is initialised here
+    path = resolve_model(MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    def preprocess(examples: dict[str, list]) -> dict[str, list]:
+        return tokenizer(examples["sentence"], padding="max_length", max_length=MAX_LENGTH, truncation=True)
+
+    train_set = Dataset.from_pandas(data["train"], preserve_index=False).map(preprocess, batched=True)
+    dev_set = Dataset.from_pandas(data["dev"], preserve_index=False).map(preprocess, batched=True)
+
+    def accuracy(eval_pred: Any) -> dict[str, float]:
+        logits, labels = eval_pred
+        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+    out_dir = Path(tempfile.mkdtemp(prefix="baseline-", dir=args.workdir))
+    clock = step_clock()
+    training_args = TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=BATCH_SIZE,
+        per_device_eval_batch_size=EVAL_BATCH_SIZE,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio (as tunery passes it)
+        seed=args.seed,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=dev_set,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        compute_metrics=accuracy,
+        callbacks=[clock],
+    )
+    train_started = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - train_started
+    dev = trainer.evaluate()
+    total = time.perf_counter() - started
+    shutil.rmtree(out_dir, ignore_errors=True)
+    trained = _trained_samples(len(train_set), args.epochs, args.max_steps, BATCH_SIZE)
+    return {
+        "train_rows": len(train_set),
+        "dev_rows": len(dev_set),
+        "steps": result.global_step,
+        "samples_per_s": result.metrics["train_samples_per_second"],
+        "wall_s": round(wall, 3),
+        "samples_per_s_wall": round(trained / wall, 3),
+        **_step_figures(clock, trained, wall),
+        "total_s": round(total, 3),
+        "dev_accuracy": dev["eval_accuracy"],
+        "train_loss": result.training_loss,
+        "learning_rate": args.learning_rate,
+        "padding": f"max_length {MAX_LENGTH}",
+        "sampling": "random",
+        "torch_threads": torch.get_num_threads(),
+        "model_dtype": str(next(model.parameters()).dtype),
+    }
+
+
+def tunery_recipe(args: argparse.Namespace, method: str, workdir: Path) -> Any:
+    """The recipe for tunery's run: tunery's defaults except the settings shared with the baseline."""
+    from tunery.config import Recipe
+
+    lr = args.lora_learning_rate if method == "lora" else args.learning_rate
+    return Recipe.model_validate(
+        {
+            "name": f"training-speed-{method}",
+            "data": {"source": "unused.tsv"},  # train() reads the prepared splits, never the source
+            "model": {"base": MODEL, "max_length": MAX_LENGTH},
+            "method": {
+                "name": method,
+                "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": list(LORA_TARGETS)},
+            },
+            "training": {
+                "epochs": args.epochs,
+                "max_steps": args.max_steps,
+                "batch_size": BATCH_SIZE,
+                "eval_batch_size": EVAL_BATCH_SIZE,
+                "learning_rate": lr,
+                "weight_decay": args.weight_decay,
+                "warmup_ratio": args.warmup_ratio,
+                "seed": args.seed,
+            },
+            "mlflow": {"registered_model": "training-speed"},
+            "workdir": str(workdir),
+        }
+    )
+
+
+def run_tunery(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """Write the sample to a run folder's splits, call ``tunery.training.train`` in-process; measure it."""
+    import torch
+
+    import tunery.training
+    from tunery.layout import SPLITS, RunLayout
+
+    data = load_data(args.data_dir, args.train_samples, args.dev_rows, args.seed)
+    layout = RunLayout.create(args.workdir, f"bench-{method}")
+    frames = {"train": data["train"], "validation": data["dev"], "test": data["dev"]}
+    for name in SPLITS:
+        frame = frames[name]
+        split = layout.split(name)
+        split.parent.mkdir(parents=True, exist_ok=True)
+        frame.assign(text=frame["sentence"], label=frame["label"].astype(str))[["text", "label"]].to_parquet(
+            split, index=False
+        )
+    recipe = tunery_recipe(args, method, Path(args.workdir))
+    # The step clock is added to tunery's own callbacks by wrapping its (private) _callbacks; if that
+    # function is gone, tunery runs unchanged and the step figures are reported as None.
+    clock = step_clock() if callable(getattr(tunery.training, "_callbacks", None)) else None
+    if clock is not None:
+        own_callbacks = tunery.training._callbacks
+        tunery.training._callbacks = lambda *a, **kw: [*own_callbacks(*a, **kw), clock]
+    started = time.perf_counter()
+    tunery.training.train(recipe, layout)
+    total = time.perf_counter() - started
+    metrics = json.loads((layout.train_dir / "metrics.json").read_text(encoding="utf-8"))
+    shutil.rmtree(layout.root, ignore_errors=True)  # checkpoints and the export: hundreds of MB
+    rows = len(data["train"])
+    wall = metrics["train_runtime_s"]
+    trained = _trained_samples(rows, args.epochs, args.max_steps, BATCH_SIZE)
+    return {
+        "train_rows": rows,
+        "dev_rows": len(data["dev"]),
+        "steps": metrics["global_steps"],
+        "samples_per_s": metrics["train_samples_per_second"],
+        "wall_s": round(wall, 3),
+        "samples_per_s_wall": round(trained / wall, 3),
+        **_step_figures(clock, trained, wall),
+        "total_s": round(total, 3),
+        "dev_accuracy": metrics["validation"]["accuracy"],
+        "train_loss": metrics["train_loss"],
+        "learning_rate": recipe.training.learning_rate,
+        "padding": "dynamic",
+        "sampling": "group_by_length",
+        "export_format": metrics["export"]["format"],
+        "trainable_parameters": metrics["trainable_parameters"],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    """``--worker``: run one configuration and print its result as one JSON line (after the training log)."""
+    # imported before any clock starts, so that neither side is charged for imports
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import tunery.training  # noqa: F401
+
+    result = run_baseline(args) if args.worker == "baseline" else run_tunery(args, args.worker)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parent: run the workers, summarise, write the JSON
+# --------------------------------------------------------------------------------------------------------
+
+
+def worker_command(args: argparse.Namespace, kind: str, workdir: Path, **overrides: Any) -> list[str]:
+    """The command line of one worker process (the parent's settings, plus ``overrides``)."""
+    settings = {
+        "data_dir": args.data_dir,
+        "train_samples": args.train_samples,
+        "dev_rows": args.dev_rows,
+        "epochs": args.epochs,
+        "max_steps": -1,
+        "learning_rate": args.learning_rate,
+        "lora_learning_rate": args.lora_learning_rate,
+        "weight_decay": args.weight_decay,
+        "warmup_ratio": args.warmup_ratio,
+        "seed": args.seed,
+        "workdir": workdir,
+        **overrides,
+    }
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
+    for key, value in settings.items():
+        if value is not None:
+            command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
+def run_worker(command: list[str], verbose: bool) -> dict[str, Any]:
+    """Run one worker to completion and return the JSON it printed; fail with its log tail otherwise."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if verbose:
+        sys.stderr.write(proc.stdout + proc.stderr)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"worker failed (exit {proc.returncode}): {shlex.join(command)}\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats (peak RSS: the largest); the single runs are kept under ``runs``."""
+    timed = (
+        "samples_per_s",
+        "wall_s",
+        "samples_per_s_wall",
+        "step_s",
+        "step_samples_per_s",
+        "outside_steps_s",
+        "total_s",
+        "dev_accuracy",
+        "train_loss",
+    )
+    summary = {k: v for k, v in runs[0].items() if k not in timed and k != "peak_rss_mb"}
+    for key in timed:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        summary[key] = round(statistics.median(values), 4) if values else None
+    summary["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    summary["runs"] = [{k: r.get(k) for k in (*timed, "peak_rss_mb")} for r in runs]
+    return summary
+
+
+def compare(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ratios of samples/s and accuracy deltas of each tunery configuration against the baseline."""
+    base = configs["baseline"]
+    result = {}
+    for name in ("tunery_full", "tunery_lora"):
+        c = configs[name]
+        result[f"{name}_vs_baseline"] = {
+            "samples_per_s_ratio": round(c["samples_per_s"] / base["samples_per_s"], 3),
+            "samples_per_s_wall_ratio": round(c["samples_per_s_wall"] / base["samples_per_s_wall"], 3),
+            "step_samples_per_s_ratio": (
+                round(c["step_samples_per_s"] / base["step_samples_per_s"], 3)
+                if c["step_samples_per_s"] and base["step_samples_per_s"]
+                else None
+            ),
+            "dev_accuracy_delta": round(c["dev_accuracy"] - base["dev_accuracy"], 4),
+            "peak_rss_ratio": round(c["peak_rss_mb"] / base["peak_rss_mb"], 3),
+        }
+    return result
+
+
+def budget_steps(budget_s: float, samples_per_s: float, batch_size: int) -> int:
+    """The max_steps that fit a training-time budget at a measured throughput.
+
+    ``floor(budget_s * samples_per_s / batch_size)``, at least 1.
+    """
+    return max(1, math.floor(budget_s * samples_per_s / batch_size))
+
+
+def run_budget(args: argparse.Namespace, workdir: Path, samples_per_s: float) -> dict[str, Any]:
+    """tunery ``full`` on the whole training set, max_steps chosen to fit ``--budget-minutes``."""
+    budget_s = args.budget_minutes * 60
+    steps = budget_steps(budget_s, samples_per_s, BATCH_SIZE)
+    print(f"budget run: tunery full, all training rows, max_steps={steps} ({args.budget_minutes} min) ...")
+    result = run_worker(
+        worker_command(args, "full", workdir, train_samples=0, max_steps=steps, dev_rows=None), args.verbose
+    )
+    return {
+        "budget_minutes": args.budget_minutes,
+        "budget_s": budget_s,
+        "planning_samples_per_s": samples_per_s,
+        "max_steps": steps,
+        "planned_samples": steps * BATCH_SIZE,
+        "epochs_covered": round(steps * BATCH_SIZE / result["train_rows"], 3),
+        "within_budget": result["wall_s"] <= budget_s,
+        **result,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and the versions of the packages that do the work in this benchmark."""
+    return _machine.machine_info(
+        ("torch", "transformers", "peft", "datasets", "accelerate", "pandas", "tunery")
+    )
+
+
+def print_table(configs: dict[str, dict[str, Any]], comparison: dict[str, Any], doc: dict[str, Any]) -> None:
+    """A compact fixed-width table of the per-configuration figures, the ratio and the target checks."""
+    header = (
+        f"{'configuration':<14}{'rows':>7}{'steps':>7}{'samples/s':>11}{'train s':>9}{'in steps s':>12}"
+        f"{'total s':>9}{'dev acc':>9}{'peak MiB':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    rows = dict(configs)
+    if "train_rows" in doc["budget"]:
+        rows["budget_full"] = doc["budget"]
+    for name, r in rows.items():
+        step_s = f"{r['step_s']:.1f}" if r.get("step_s") is not None else "-"
+        print(
+            f"{name:<14}{r['train_rows']:>7}{r['steps']:>7}{r['samples_per_s']:>11.2f}{r['wall_s']:>9.1f}"
+            f"{step_s:>12}{r['total_s']:>9.1f}{r['dev_accuracy']:>9.4f}{r['peak_rss_mb']:>10.0f}"
+        )
+    for name in ("tunery_full", "tunery_lora"):
+        c = comparison[f"{name}_vs_baseline"]
+        print(
+            f"{name} / baseline: {c['samples_per_s_ratio']:.2f}x samples/s "
+            f"({_times(c['step_samples_per_s_ratio'])} within the optimiser steps), "
+            f"dev accuracy {100 * c['dev_accuracy_delta']:+.2f} points"
+        )
+    speed = doc["targets"]["speedup"]
+    print(f"target >= {speed['target_ratio']:.0f}x at equal or better accuracy (tunery_full): {speed['met']}")
+    budget = doc["targets"]["budget_accuracy"]
+    print(f"target budget dev accuracy >= {budget['target']}: {budget['met']}")
+
+
+def _times(ratio: float | None) -> str:
+    return f"{ratio:.2f}x" if ratio is not None else "-"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared data")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
+    parser.add_argument(
+        "--train-samples",
+        type=int,
+        default=None,
+        help=f"seeded sample of training rows (default {DEFAULT_TRAIN_SAMPLES:,}; 0: all)",
+    )
+    parser.add_argument("--dev-rows", type=int, default=None, help="dev rows to evaluate on (default: all)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs (all configurations)")
+    parser.add_argument("--learning-rate", type=float, default=5e-5, help="baseline and tunery full")
+    parser.add_argument("--lora-learning-rate", type=float, default=5e-4, help="tunery lora")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--seed", type=int, default=42, help="seed of the samples and of training")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, alternately")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=10.0, help="budget run's training time (0: skip it)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK_TRAIN_SAMPLES} samples and {QUICK_DEV_ROWS} dev rows unless given, "
+        "1 repeat, no budget run",
+    )
+    parser.add_argument("--verbose", action="store_true", help="echo each worker's training log to stderr")
+    # internal: one configuration in this process (started by the parent)
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.worker and args.workdir is None:
+        parser.error("--worker needs --workdir")
+    if args.quick:  # explicit --train-samples / --dev-rows still win (a smaller smoke test)
+        args.repeats, args.budget_minutes = 1, 0.0
+        args.train_samples = QUICK_TRAIN_SAMPLES if args.train_samples is None else args.train_samples
+        args.dev_rows = QUICK_DEV_ROWS if args.dev_rows is None else args.dev_rows
+    elif args.train_samples is None:
+        args.train_samples = DEFAULT_TRAIN_SAMPLES
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark (or, with ``--worker``, one configuration); write the JSON and print the table."""
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return None
+    machine = machine_info()  # before the work, so the load average shows what else was running
+    runs: dict[str, list[dict[str, Any]]] = {CONFIG_NAMES[k]: [] for k in WORKERS}
+    with tempfile.TemporaryDirectory(prefix="tunery-training-speed-") as tmp:
+        workdir = Path(tmp)
+        for repeat in range(args.repeats):
+            for kind in WORKERS:
+                name = CONFIG_NAMES[kind]
+                print(f"repeat {repeat + 1}/{args.repeats}: {name} ...", flush=True)
+                runs[name].append(run_worker(worker_command(args, kind, workdir), args.verbose))
+        configs = {name: summarise(r) for name, r in runs.items()}
+        comparison = compare(configs)
+        reason = "--quick" if args.quick else "--budget-minutes 0"
+        budget: dict[str, Any] = {"skipped": True, "reason": reason}
+        if args.budget_minutes > 0:
+            budget = run_budget(args, workdir, configs["tunery_full"]["samples_per_s"])
+    full = comparison["tunery_full_vs_baseline"]
+    dev_rows = configs["baseline"]["dev_rows"]
+    dev_se = 100 * math.sqrt(0.85 * 0.15 / dev_rows)
+    budget_met = budget["dev_accuracy"] >= TARGET_BUDGET_ACCURACY if "dev_accuracy" in budget else None
+    doc = {
+        "benchmark": "training_speed",
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine, "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "settings": {
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "statistic": "median over repeats (peak_rss_mb: max)",
+            "dataset": "sst2",
+            "train_samples": args.train_samples,
+            "dev_rows": args.dev_rows,
+            "epochs": args.epochs,
+            "batch_size": BATCH_SIZE,
+            "eval_batch_size": EVAL_BATCH_SIZE,
+            "max_length": MAX_LENGTH,
+            "learning_rate": args.learning_rate,
+            "lora_learning_rate": args.lora_learning_rate,
+            "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": list(LORA_TARGETS)},
+            "weight_decay": args.weight_decay,
+            "warmup_ratio": args.warmup_ratio,
+            "seed": args.seed,
+            "model": MODEL,
+            "budget_minutes": args.budget_minutes,
+        },
+        "configurations": configs,
+        "comparison": comparison,
+        "budget": budget,
+        "targets": {
+            "speedup": {
+                "configuration": "tunery_full",
+                "target_ratio": TARGET_RATIO,
+                "samples_per_s_ratio": full["samples_per_s_ratio"],
+                "dev_accuracy_delta": full["dev_accuracy_delta"],
+                "met": full["samples_per_s_ratio"] >= TARGET_RATIO and full["dev_accuracy_delta"] >= 0,
+            },
+            "budget_accuracy": {
+                "target": TARGET_BUDGET_ACCURACY,
+                "dev_accuracy": budget.get("dev_accuracy"),
+                "met": budget_met,
+            },
+        },
+        "notes": [
+            "baseline = a plain HF Trainer script written like transformers' run_glue.py: "
+            f"padding='max_length' (max_length {MAX_LENGTH}, truncation), default_data_collator, "
+            "random sampler (no length grouping), logging off, save_strategy 'no', use_cpu",
+            "tunery = tunery.training.train on prepared splits: dynamic padding (DataCollatorWithPadding), "
+            "train_sampling_strategy 'group_by_length', and its defaults otherwise (validation at each epoch "
+            "end, a checkpoint every 200 steps, export of the trained model after training)",
+            "each configuration runs in its own fresh worker process; tunery's train() is called in-process "
+            "there (not through launch_training), so process start-up and imports are not timed on either "
+            "side; the configurations run one after the other (alternately when repeats > 1)",
+            "samples_per_s = the Trainer's train_samples_per_second (same definition on both sides); for "
+            "tunery it includes its in-loop validation and checkpoint saves, which the baseline does not do: "
+            "conservative against tunery. wall_s = wall clock around trainer.train() (tunery: its "
+            "train_runtime_s, measured the same way); total_s = model load, tokenisation, training, "
+            "evaluation (tunery: also the export)",
+            "step_s = time inside the optimiser steps (forward, backward, clipping, update; from "
+            "on_step_begin to on_step_end of a step-clock callback, added to tunery's callbacks by wrapping "
+            "tunery.training._callbacks); outside_steps_s = wall_s - step_s (batch collation, logging, "
+            "in-loop evaluation, checkpoint saves); step_samples_per_s = trained samples / step_s. A "
+            "diagnostic: the headline is samples_per_s",
+            f"LoRA (r={LORA_R}, alpha={LORA_ALPHA}, query/value) uses learning rate "
+            f"{args.lora_learning_rate} instead of {args.learning_rate}: adapters train few weights and "
+            "usually need a higher rate",
+            f"dev accuracy on {dev_rows} rows has a binomial standard error of about {dev_se:.1f} points "
+            "(at 85% accuracy); a difference of that size between configurations is noise",
+            "peak_rss_mb = ru_maxrss of the configuration's worker process (imports, data, training; for "
+            "tunery also the export, which reloads the model)",
+            "budget run: tunery's recipe has no wall-clock stop, so max_steps = "
+            "floor(budget_s * samples_per_s / batch_size), with the tunery_full samples_per_s measured "
+            "above on a random sample of the same training set; wall_s is the training time it really took",
+            "ratio = tunery samples_per_s / baseline samples_per_s; target >= 2.0 at a dev accuracy "
+            "delta >= 0",
+            "timings are wall time on a possibly shared machine: compare the load averages with cpu_count",
+        ],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print_table(configs, comparison, doc)
+    print(f"cpu_count={os.cpu_count()}; load {doc['machine']['load_avg_1_5_15_at_end']}; wrote {args.out}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
