@@ -7,13 +7,16 @@ Fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on SST-2 sentiment, CPU only:
   Trainer's default random sampler), ``AutoModelForSequenceClassification``, logging off, no checkpoints.
 * tunery: ``tunery.training.train`` on a run folder whose splits hold the same sample (train) and the dev
   set (validation and test), for ``method.name`` ``full`` and ``lora`` (r=8 on query/value, with a higher
-  learning rate, as usual for adapters): dynamic padding (``DataCollatorWithPadding``) and
-  ``group_by_length`` as tunery does by default, with its default per-epoch validation and checkpoints.
+  learning rate, as usual for adapters): dynamic padding (``DataCollatorWithPadding``), the batch sampler of
+  tunery's default recipe (``training.group_by_length``; ``--tunery-sampling`` overrides it), with its
+  default per-epoch validation and checkpoints.
 
 Both get the same seeded sample of ``--train-samples`` training rows, the same epochs, batch size, learning
 rate (full), weight decay, warmup and seed, and are evaluated on the SST-2 dev set (872 rows). Each
 configuration runs in a fresh worker process of this script (``--worker baseline|full|lora``), one after
 the other (alternately when ``--repeats`` > 1), so that each worker's peak RSS is that method's alone.
+Repeat ``i`` uses seed ``--seed + i`` (sample and training) for every configuration, so that the accuracy
+comparison is paired per seed and averaged over seeds: one seed's dev accuracy moves by about a point.
 Inside its worker tunery trains in-process (``train()`` is called directly, not through
 ``tunery.launch.launch_training``), so the comparison measures the training loop, not process start-up.
 
@@ -25,6 +28,7 @@ training time it really took and the dev accuracy it reached (target >= 0.88).
 Usage::
 
     python benchmarks/training_speed.py          # 4,000 samples, 1 epoch, 1 repeat, 10-min budget (~25 min)
+    python benchmarks/training_speed.py --repeats 3 --budget-minutes 0   # 3 seeds, no budget run (~30 min)
     python benchmarks/training_speed.py --quick  # 256 samples, 200 dev rows, no budget run (smoke test)
 
 Results go to ``benchmarks/results/training_speed.json`` (``--out``) and a table is printed.
@@ -261,6 +265,13 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def sampling_override(args: argparse.Namespace) -> dict[str, bool]:
+    """``training.group_by_length`` for ``--tunery-sampling`` (nothing: the recipe's default)."""
+    if args.tunery_sampling == "default":
+        return {}
+    return {"group_by_length": args.tunery_sampling == "group_by_length"}
+
+
 def tunery_recipe(args: argparse.Namespace, method: str, workdir: Path) -> Any:
     """The recipe for tunery's run: tunery's defaults except the settings shared with the baseline."""
     from tunery.config import Recipe
@@ -284,6 +295,7 @@ def tunery_recipe(args: argparse.Namespace, method: str, workdir: Path) -> Any:
                 "weight_decay": args.weight_decay,
                 "warmup_ratio": args.warmup_ratio,
                 "seed": args.seed,
+                **sampling_override(args),
             },
             "mlflow": {"registered_model": "training-speed"},
             "workdir": str(workdir),
@@ -336,7 +348,7 @@ def run_tunery(args: argparse.Namespace, method: str) -> dict[str, Any]:
         "train_loss": metrics["train_loss"],
         "learning_rate": recipe.training.learning_rate,
         "padding": "dynamic",
-        "sampling": "group_by_length",
+        "sampling": "group_by_length" if recipe.training.group_by_length else "random",
         "export_format": metrics["export"]["format"],
         "trainable_parameters": metrics["trainable_parameters"],
         "torch_threads": torch.get_num_threads(),
@@ -376,6 +388,7 @@ def worker_command(args: argparse.Namespace, kind: str, workdir: Path, **overrid
         "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio,
         "seed": args.seed,
+        "tunery_sampling": args.tunery_sampling,
         "workdir": workdir,
         **overrides,
     }
@@ -404,7 +417,9 @@ def run_worker(command: list[str], verbose: bool) -> dict[str, Any]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over the repeats (peak RSS: the largest); the single runs are kept under ``runs``."""
+    """Timings: medians over the repeats; dev accuracy and train loss: means over the repeats' seeds (an
+    average over seeds, the quantity the accuracy target is about); peak RSS: the largest. The single runs
+    (with their seeds) are kept under ``runs``."""
     timed = (
         "samples_per_s",
         "wall_s",
@@ -413,15 +428,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "step_samples_per_s",
         "outside_steps_s",
         "total_s",
-        "dev_accuracy",
-        "train_loss",
     )
-    summary = {k: v for k, v in runs[0].items() if k not in timed and k != "peak_rss_mb"}
+    averaged = ("dev_accuracy", "train_loss")
+    per_run = (*timed, *averaged)
+    summary = {k: v for k, v in runs[0].items() if k not in per_run and k not in ("peak_rss_mb", "seed")}
     for key in timed:
         values = [r[key] for r in runs if r.get(key) is not None]
         summary[key] = round(statistics.median(values), 4) if values else None
+    for key in averaged:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        summary[key] = round(statistics.fmean(values), 4) if values else None
     summary["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    summary["runs"] = [{k: r.get(k) for k in (*timed, "peak_rss_mb")} for r in runs]
+    summary["runs"] = [{k: r.get(k) for k in ("seed", *per_run, "peak_rss_mb")} for r in runs]
     return summary
 
 
@@ -440,6 +458,10 @@ def compare(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 else None
             ),
             "dev_accuracy_delta": round(c["dev_accuracy"] - base["dev_accuracy"], 4),
+            "dev_accuracy_delta_per_seed": {
+                str(mine["seed"]): round(mine["dev_accuracy"] - theirs["dev_accuracy"], 4)
+                for mine, theirs in zip(c["runs"], base["runs"], strict=True)
+            },
             "peak_rss_ratio": round(c["peak_rss_mb"] / base["peak_rss_mb"], 3),
         }
     return result
@@ -531,7 +553,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--seed", type=int, default=42, help="seed of the samples and of training")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, alternately")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each configuration, alternately; repeat i: seed+i"
+    )
+    parser.add_argument(
+        "--tunery-sampling",
+        choices=("default", "group_by_length", "random"),
+        default="default",
+        help="tunery's batch sampler: its recipe default, length-grouped, or random like the baseline",
+    )
     parser.add_argument(
         "--budget-minutes", type=float, default=10.0, help="budget run's training time (0: skip it)"
     )
@@ -574,7 +604,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             for kind in WORKERS:
                 name = CONFIG_NAMES[kind]
                 print(f"repeat {repeat + 1}/{args.repeats}: {name} ...", flush=True)
-                runs[name].append(run_worker(worker_command(args, kind, workdir), args.verbose))
+                command = worker_command(args, kind, workdir, seed=args.seed + repeat)
+                runs[name].append({"seed": args.seed + repeat, **run_worker(command, args.verbose)})
         configs = {name: summarise(r) for name, r in runs.items()}
         comparison = compare(configs)
         reason = "--quick" if args.quick else "--budget-minutes 0"
@@ -593,7 +624,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "settings": {
             "quick": args.quick,
             "repeats": args.repeats,
-            "statistic": "median over repeats (peak_rss_mb: max)",
+            "statistic": "timings: median over repeats; dev_accuracy, train_loss: mean over the repeats' "
+            "seeds; peak_rss_mb: max",
+            "seeds": [args.seed + i for i in range(args.repeats)],
+            "tunery_sampling": args.tunery_sampling,
             "dataset": "sst2",
             "train_samples": args.train_samples,
             "dev_rows": args.dev_rows,

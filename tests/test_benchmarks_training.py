@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tunery.config import TrainingConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -75,7 +76,9 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path) -> 
         assert len(c["runs"]) == 1
     assert configs["baseline"]["padding"] == "max_length 128" and configs["baseline"]["sampling"] == "random"
     assert configs["tunery_full"]["padding"] == "dynamic"
-    assert configs["tunery_full"]["sampling"] == "group_by_length"
+    default_grouping = TrainingConfig().group_by_length  # the benchmark follows tunery's recipe default
+    assert configs["tunery_full"]["sampling"] == ("group_by_length" if default_grouping else "random")
+    assert doc["settings"]["seeds"] == [42] and [r["seed"] for r in configs["tunery_full"]["runs"]] == [42]
 
     base = configs["baseline"]
     for name in ("tunery_full", "tunery_lora"):
@@ -90,3 +93,54 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path) -> 
     assert speed["met"] == (ratio >= 2.0 and speed["dev_accuracy_delta"] >= 0)
     assert doc["budget"]["skipped"] is True  # --quick skips the budget run
     assert doc["targets"]["budget_accuracy"]["met"] is None
+
+
+def _load_benchmark():
+    import importlib.util
+
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling _machine
+    try:
+        spec = importlib.util.spec_from_file_location("training_speed", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def _run(seed: int, samples_per_s: float, accuracy: float) -> dict:
+    return {
+        "seed": seed,
+        "samples_per_s": samples_per_s,
+        "samples_per_s_wall": samples_per_s / 2,
+        "step_samples_per_s": None,
+        "wall_s": 1.0,
+        "dev_accuracy": accuracy,
+        "train_loss": 0.5,
+        "peak_rss_mb": 100.0 + seed,
+        "padding": "dynamic",
+    }
+
+
+def test_summary_takes_median_speed_and_mean_accuracy_over_seeds_and_pairs_deltas_by_seed() -> None:
+    bench = _load_benchmark()
+    base = bench.summarise([_run(1, 10.0, 0.80), _run(2, 12.0, 0.90), _run(3, 11.0, 0.85)])
+    mine = bench.summarise([_run(1, 40.0, 0.81), _run(2, 20.0, 0.88), _run(3, 30.0, 0.87)])
+    assert base["samples_per_s"] == 11.0 and mine["samples_per_s"] == 30.0  # medians
+    assert mine["dev_accuracy"] == pytest.approx((0.81 + 0.88 + 0.87) / 3, abs=1e-4)  # mean
+    assert mine["peak_rss_mb"] == 103.0 and "seed" not in mine
+    assert [r["seed"] for r in mine["runs"]] == [1, 2, 3]
+    configs = {"baseline": base, "tunery_full": mine, "tunery_lora": mine}
+    cmp = bench.compare(configs)["tunery_full_vs_baseline"]
+    assert cmp["samples_per_s_ratio"] == pytest.approx(30.0 / 11.0, rel=1e-3)
+    assert cmp["dev_accuracy_delta"] == pytest.approx(0.0033, abs=1e-4)
+    assert cmp["dev_accuracy_delta_per_seed"] == {"1": 0.01, "2": -0.02, "3": 0.02}
+
+
+def test_sampling_flag_overrides_the_recipe_default_only_when_given() -> None:
+    bench = _load_benchmark()
+    for flag, expected in (("default", None), ("random", False), ("group_by_length", True)):
+        args = bench.parse_args(["--tunery-sampling", flag])
+        recipe = bench.tunery_recipe(args, "full", Path("/tmp/unused"))
+        default = TrainingConfig().group_by_length
+        assert recipe.training.group_by_length == (default if expected is None else expected)
