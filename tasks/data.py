@@ -51,6 +51,7 @@ def split_data(recipe: Recipe, run_dir: str, run_id: str, cleaned: str) -> dict[
     tracking.MlflowLogger(recipe, run_id).log_metrics(tracking.data_metrics(data_report))
     files = [layout.data_report, layout.quarantine, *map(Path, data_report["plots"])]
     tracking.log_files(recipe, run_id, files, "data")
+    tracking.log_split_inputs(recipe, run_id, paths, data_report)
     create_markdown_artifact(
         key="data-report", markdown=report.markdown(data_report), description="tunery data"
     )

@@ -105,3 +105,39 @@ def tiny_llama(tmp_path_factory, smollm2_tokenizer) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend store; stopped by its PID at the end."""
+    from tunery import stack
+
+    service = stack.start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
+    yield service.url
+    stack.stop_services([service])
+
+
+@pytest.fixture(scope="module")
+def postgres_mlflow_server():
+    """PostgreSQL (Debian's server binaries) and an ``mlflow server`` using it as the backend store.
+
+    Both are real processes on 127.0.0.1, stopped by their PIDs (MLflow first). The folder is made
+    outside pytest's root-only temporary tree: PostgreSQL runs as the ``postgres`` user when we are root.
+    """
+    import shutil
+    import tempfile
+
+    from tunery import stack
+
+    root = Path(tempfile.mkdtemp(prefix="tunery-pg-lane-"))
+    root.chmod(0o755)
+    started = []
+    try:
+        postgres, uri = stack.start_postgres(root)
+        started.append(postgres)
+        server = stack.start_mlflow(root, backend_uri=uri)
+        started.append(server)
+        yield {"url": server.url, "backend_uri": uri}
+    finally:
+        stack.stop_services(started)
+        shutil.rmtree(root, ignore_errors=True)

@@ -13,7 +13,7 @@ import pandas as pd
 from tunery.config import GateConfig, Recipe
 from tunery.evaluation import headline
 from tunery.layout import RunLayout
-from tunery.tracking import client
+from tunery.tracking import client, git_commit
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # What the registered pyfunc needs at load time; versions are taken from this environment.
@@ -172,6 +172,18 @@ def _log_run_outputs(layout: RunLayout, metrics: dict) -> None:
     mlflow.log_artifacts(str(layout.eval_dir), "eval")
 
 
+def _split_digest_tags(layout: RunLayout) -> dict[str, str]:
+    """``tunery.data.<split>_digest`` tags from the data report (the same digests as the run's inputs)."""
+    if not layout.data_report.exists():
+        return {}
+    report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    return {
+        f"tunery.data.{name}_digest": str(summary["digest"])
+        for name, summary in report.get("split", {}).items()
+        if "digest" in summary
+    }
+
+
 def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     """Log the model into the run, register it as a new version and alias it by the gate.
 
@@ -206,6 +218,8 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
         "tunery.gate.reason": decision.reason,
         "tunery.gate.compared_with": str(metrics.get("champion_version")),
         "tunery.recipe_digest": recipe.digest(),
+        "tunery.git_commit": git_commit(),
+        **_split_digest_tags(layout),
         f"tunery.test.{recipe.evaluation.gate.metric(recipe.task)}": f"{decision.challenger_score:.6f}",
     }
     if decision.ci_low is not None:

@@ -1,8 +1,9 @@
-"""The whole finetune flow under a real (temporary) Prefect server, on real data.
+"""The whole finetune flow under a real (temporary) Prefect server and a real MLflow server, on real data.
 
 A 1,000-row stratified sample of ../shared/data/sms_spam is written to a temporary folder; the packaged
-MiniLM encoder is fine-tuned for one epoch; the model is registered in a SQLite MLflow store. A second,
-deliberately crippled run must not replace the champion.
+MiniLM encoder is fine-tuned for one epoch; the model is registered through a real ``mlflow server`` on
+127.0.0.1 (SQLite backend store, artifacts proxied by the server). A second, deliberately crippled run
+must not replace the champion.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import textwrap
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
@@ -30,7 +30,7 @@ NEW_MESSAGES = {
 
 
 @pytest.fixture(scope="module")
-def spam_recipe(shared_data, tmp_path_factory):
+def spam_recipe(shared_data, tmp_path_factory, mlflow_server):
     folder = tmp_path_factory.mktemp("sms")
     full = pd.read_csv(
         shared_data / "sms_spam" / "SMSSpamCollection", sep="\t", dtype=str, keep_default_na=False
@@ -51,7 +51,7 @@ def spam_recipe(shared_data, tmp_path_factory):
               labels: [ham, spam]
             model: {{base: minilm, max_length: 64}}
             training: {{epochs: 1, batch_size: 16, learning_rate: 1.0e-4}}
-            mlflow: {{experiment: sms, registered_model: sms-spam}}
+            mlflow: {{experiment: sms, registered_model: sms-spam, tracking_uri: "{mlflow_server}"}}
             workdir: {folder / "work"}
             """
         )
@@ -111,7 +111,9 @@ def test_crippled_challenger_is_not_promoted(first_run, spam_recipe):
     assert "does not beat champion" in tags["tunery.gate.reason"]
 
 
-def test_data_report_reaches_mlflow_and_prefect(first_run, spam_recipe):
+def test_data_report_reaches_mlflow_and_prefect(first_run, spam_recipe, mlflow_server):
+    import json as jsonlib
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
@@ -123,13 +125,12 @@ def test_data_report_reaches_mlflow_and_prefect(first_run, spam_recipe):
         metrics["data/train_rows"] + metrics["data/validation_rows"] + metrics["data/test_rows"]
         == metrics["data/kept"]
     )
-    # The store is local: look in the run's artifact folder (MlflowClient.list_artifacts also walks every
+    # Through the server's artifact proxy; only the data folder (listing the root would also walk every
     # logged model of the run in MLflow 3, which is slow and adds nothing here).
-    artifacts = Path(urlparse(mlf.get_run(first_run["run_id"]).info.artifact_uri).path)
-    logged = {p.name for p in (artifacts / "data").iterdir()}
+    logged = {Path(f.path).name for f in mlf.list_artifacts(first_run["run_id"], "data")}
     assert {"report.json", "quarantine.jsonl", "lengths.png", "labels.png"} <= logged
 
-    wanted = ["data-report", "finetune-summary"]
+    wanted = ["data-report", "finetune-summary", "finetune-metrics"]
     by_key: dict = {}
     deadline = time.monotonic() + 15  # artifacts are written by the tasks; allow the API a moment
     while set(by_key) != set(wanted) and time.monotonic() < deadline:
@@ -145,6 +146,49 @@ def test_data_report_reaches_mlflow_and_prefect(first_run, spam_recipe):
     assert set(by_key) == set(wanted), f"artifacts found: {sorted(by_key)}"
     assert "rows in **1000**" in by_key["data-report"].data, by_key["data-report"].data[:300]
     assert f"version {first_run['version']}" in by_key["finetune-summary"].data
+    # links into the MLflow server's UI for the run and the model version
+    assert f"{mlflow_server}/#/experiments/" in by_key["finetune-summary"].data
+    assert f"/runs/{first_run['run_id']})" in by_key["finetune-summary"].data
+    assert f"#/models/sms-spam/versions/{first_run['version']})" in by_key["finetune-summary"].data
+    table = by_key["finetune-metrics"].data
+    table = jsonlib.loads(table) if isinstance(table, str) else table
+    models = [row["model"] for row in table]
+    assert models[0] == "this run" and "baseline: majority" in models
+    assert all(0.0 <= row["macro_f1"] <= 1.0 for row in table)
+
+
+def test_registered_version_records_lineage_signature_and_provenance(first_run, spam_recipe):
+    """The version's run holds the three splits as MLflow dataset inputs, with the data report's digests."""
+    import json
+
+    from mlflow.models import get_model_info
+
+    recipe = load_recipe(spam_recipe)
+    mlf = client(recipe)
+    run = mlf.get_run(first_run["run_id"])
+    report = json.loads(
+        (Path(run.data.tags["tunery.run_dir"]) / "data" / "report.json").read_text(encoding="utf-8")
+    )
+    inputs = {{t.key: t.value for t in d.tags}["mlflow.data.context"]: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation", "test"}
+    for name, found in inputs.items():
+        tags = {t.key: t.value for t in found.tags}
+        assert found.dataset.digest == report["split"][name]["digest"][:32]
+        assert tags["tunery.sha256"] == report["split"][name]["digest"]
+        assert int(tags["tunery.rows"]) == report["split"][name]["rows"]
+        assert json.loads(found.dataset.source)["uri"].endswith(f"{name}.parquet")
+    assert len({d.dataset.digest for d in inputs.values()}) == 3, "each split has its own digest"
+
+    version = mlf.get_model_version("sms-spam", first_run["version"])
+    assert version.tags["tunery.recipe_digest"] == recipe.digest()
+    assert version.tags["tunery.git_commit"] == run.data.tags["mlflow.source.git.commit"]
+    assert version.tags["tunery.data.test_digest"] == report["split"]["test"]["digest"]
+    info = get_model_info(f"models:/sms-spam/{first_run['version']}")
+    assert [c.name for c in info.signature.inputs.inputs] == ["text"]
+    assert {"label", "prob_ham", "prob_spam"} <= {c.name for c in info.signature.outputs.inputs}
+    assert info.saved_input_example_info is not None
+    logged_recipe = mlflow.artifacts.load_text(f"runs:/{first_run['run_id']}/recipe.yaml")
+    assert "name: sms-spam" in logged_recipe
 
 
 def test_batch_score_flow_writes_rows_with_predictions(first_run, spam_recipe, tmp_path):
@@ -226,3 +270,36 @@ def test_served_champion_answers_raw_text(first_run, spam_recipe):
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(timeout=10)
+
+
+def test_serving_benchmark_runs_against_the_champion(first_run, mlflow_server, tmp_path):
+    """Smoke test of benchmarks/serving_latency.py (short phases): JSON of the documented shape, 0 errors.
+
+    No latency is asserted (it depends on the machine); only consistency, and that every reply was right.
+    """
+    import json as jsonlib
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "serving.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "serving_latency.py"),
+        "--model",
+        "sms-spam@champion",
+    ]
+    command += ["--tracking-uri", mlflow_server, "--duration", "3", "--baseline-duration", "2"]
+    command += ["--warmup", "1", "--clients", "1,4", "--out", str(out)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    doc = jsonlib.loads(out.read_text(encoding="utf-8"))
+    assert doc["benchmark"] == "serving_latency" and doc["settings"]["clients"] == [1, 4]
+    assert [p["clients"] for p in doc["served"]] == [1, 4]
+    for phase in doc["served"]:
+        assert phase["errors"] == 0, phase["error_examples"]
+        assert phase["requests"] > 0 and phase["throughput_rps"] > 0
+        assert 0 < phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"] <= phase["max_ms"]
+    assert doc["baseline_in_process"]["requests"] > 0
+    assert doc["targets"]["zero_errors"] == {"errors": 0, "met": True}

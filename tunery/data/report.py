@@ -3,6 +3,8 @@ PNG plots and markdown (the Prefect artifact and the MLflow run both show it).""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +25,29 @@ def length_summary(lengths: pd.Series) -> dict[str, float]:
     }
 
 
+def content_digest(frame: pd.DataFrame) -> str:
+    """SHA-256 of a frame's rows, independent of row order and index (same rows -> same digest).
+
+    Each row is hashed over its values (pandas' stable row hash, columns in name order); the sorted row
+    hashes, the column names and the row count are hashed together.
+    """
+    columns = sorted(frame.columns)
+    digest = hashlib.sha256(json.dumps(columns).encode() + str(len(frame)).encode())
+    if len(frame):
+        rows = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy()
+        digest.update(np.sort(rows).tobytes())
+    return digest.hexdigest()
+
+
 def split_summary(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
-    """Rows, label counts and shares, and length quantiles of each split."""
+    """Rows, content digest, label counts and shares, and length quantiles of each split."""
     total = sum(len(p) for p in parts.values()) or 1
     out = {}
     for name, frame in parts.items():
         counts = frame["label"].value_counts().sort_index()
         out[name] = {
             "rows": len(frame),
+            "digest": content_digest(frame),
             "share": len(frame) / total,
             "labels": {str(k): int(v) for k, v in counts.items()},
             "label_shares": {str(k): float(v / max(len(frame), 1)) for k, v in counts.items()},

@@ -1,0 +1,96 @@
+"""The PostgreSQL lane: the finetune flow registers through an ``mlflow server`` whose backend store is a
+real PostgreSQL server (Debian's binaries), both started on 127.0.0.1 by the fixture and stopped by PID.
+
+Two runs of the same recipe on the same data: the first becomes champion; the second reproduces it
+exactly (training is deterministic on CPU), a tie within the margin, and must stay challenger.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pandas as pd
+import pytest
+
+from tunery.config import load_recipe
+from tunery.tracking import client
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+
+@pytest.fixture(scope="module")
+def pg_recipe(shared_data, tmp_path_factory, postgres_mlflow_server):
+    folder = tmp_path_factory.mktemp("sms-pg")
+    full = pd.read_csv(
+        shared_data / "sms_spam" / "SMSSpamCollection", sep="\t", dtype=str, keep_default_na=False
+    )
+    sample = full.groupby("Label").sample(frac=400 / len(full), random_state=1)
+    sample.to_csv(folder / "sms.tsv", sep="\t", index=False)
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(
+        textwrap.dedent(
+            f"""\
+            name: sms-spam-pg
+            data:
+              source: {folder / "sms.tsv"}
+              text_columns: [SMS]
+              label_column: Label
+              labels: [ham, spam]
+            model: {{base: minilm, max_length: 48}}
+            training: {{epochs: 1, max_steps: 12, batch_size: 16, learning_rate: 2.0e-4}}
+            mlflow:
+              experiment: sms-pg
+              registered_model: sms-spam-pg
+              tracking_uri: "{postgres_mlflow_server["url"]}"
+            workdir: {folder / "work"}
+            """
+        )
+    )
+    return recipe
+
+
+def test_backend_store_is_postgresql(postgres_mlflow_server):
+    import psycopg
+
+    uri = postgres_mlflow_server["backend_uri"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(uri) as conn:
+        tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+    assert {"experiments", "runs", "registered_models", "model_versions"} <= tables
+
+
+def test_champion_then_a_tie_stays_challenger_on_postgresql(
+    pg_recipe, prefect_harness, postgres_mlflow_server
+):
+    import psycopg
+
+    from flows.finetune import finetune
+
+    first = finetune(recipe_path=str(pg_recipe))
+    assert first["alias"] == "champion" and first["version"] == "1"
+    second = finetune(recipe_path=str(pg_recipe))
+    assert second["version"] == "2"
+    assert second["alias"] == "challenger", second["reason"]
+    assert "+0.0000" in second["reason"] and "not promoted" in second["reason"]
+
+    mlf = client(load_recipe(pg_recipe))
+    assert str(mlf.get_model_version_by_alias("sms-spam-pg", "champion").version) == "1"
+    assert str(mlf.get_model_version_by_alias("sms-spam-pg", "challenger").version) == "2"
+    run = mlf.get_run(second["run_id"])
+    contexts = sorted(
+        {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    )
+    assert contexts == ["test", "train", "validation"]
+
+    # The rows really are in PostgreSQL, not in a file store beside the server.
+    uri = postgres_mlflow_server["backend_uri"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(uri) as conn:
+        versions = conn.execute(
+            "SELECT version FROM model_versions WHERE name = %s ORDER BY version", ("sms-spam-pg",)
+        ).fetchall()
+        aliases = dict(
+            conn.execute(
+                "SELECT alias, version FROM registered_model_aliases WHERE name = %s", ("sms-spam-pg",)
+            )
+        )
+    assert [v[0] for v in versions] == [1, 2]
+    assert aliases == {"champion": 1, "challenger": 2}
