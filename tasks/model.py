@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
 
 from tasks._retry import retry_unless_bad_input
 from tunery import evaluation, launch, registry, report, tracking
@@ -24,12 +26,26 @@ def open_run(recipe: Recipe) -> tuple[str, str]:
     return str(layout.root), run_id
 
 
+def training_slot() -> str:
+    """The global concurrency limit a training job holds: one per GPU pool, named by the worker's
+    ``TUNERY_TRAINING_LIMIT`` (default ``tunery-training``, created with 1 slot by ``tunery stack up``)."""
+    return os.environ.get("TUNERY_TRAINING_LIMIT", "tunery-training")
+
+
 @task(name="train", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_input)
 def train_model(recipe: Recipe, run_dir: str, run_id: str, splits: dict[str, str]) -> str:
-    """Launch training as its own (multi-)process job; a retry resumes from the last complete checkpoint."""
+    """Launch training as its own (multi-)process job; a retry resumes from the last complete checkpoint.
+
+    The job holds a slot of the :func:`training_slot` limit while it runs: extra runs wait in line for it.
+    Where that limit does not exist (ephemeral Prefect), training is not limited.
+    """
     layout = RunLayout(Path(run_dir))
     logger = get_run_logger()
-    model_dir = launch.launch_training(recipe, layout, run_id, on_line=logger.info)
+    slot = training_slot()
+    logger.info("waiting for training slot %r", slot)
+    with concurrency(slot, occupy=1, timeout_seconds=None, strict=False):
+        logger.info("holding training slot %r", slot)
+        model_dir = launch.launch_training(recipe, layout, run_id, on_line=logger.info)
     summary = json.loads((layout.train_dir / "metrics.json").read_text())
     logger.info(
         "trained %d steps in %.0f s; validation %s",
@@ -56,8 +72,12 @@ def register_model(recipe: Recipe, run_dir: str, run_id: str, metrics_path: str)
     """Log the model, register a new version and alias it champion or challenger by the gate."""
     layout = RunLayout(Path(run_dir))
     result = registry.register(recipe, layout, run_id)
-    create_markdown_artifact(
-        key="finetune-summary", markdown=report.run_markdown(layout, result), description="tunery run summary"
+    markdown = report.run_markdown(
+        layout, result, tracking.tracking_uri(recipe), tracking.experiment_id(recipe)
+    )
+    create_markdown_artifact(key="finetune-summary", markdown=markdown, description="tunery run summary")
+    create_table_artifact(
+        key="finetune-metrics", table=report.metrics_table(layout), description="test metrics per model"
     )
     get_run_logger().info(
         "registered %s version %s as %s: %s", result.model_name, result.version, result.alias, result.reason

@@ -27,7 +27,9 @@ def _row(name: str, values: dict | None, keys: list[str]) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
-def run_markdown(layout: RunLayout, registration) -> str:
+def run_markdown(
+    layout: RunLayout, registration, tracking_uri: str | None = None, experiment_id: str | None = None
+) -> str:
     """A markdown summary: data counts, test metrics against baselines and champion, gate decision."""
     data = json.loads(layout.data_report.read_text(encoding="utf-8"))
     metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
@@ -55,4 +57,30 @@ def run_markdown(layout: RunLayout, registration) -> str:
         "",
         f"MLflow run `{registration.run_id}` · model `{registration.model_uri}` · run folder `{layout.root}`",
     ]
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+        lines += [
+            "",
+            f"[MLflow run]({base}/#/experiments/{experiment_id}/runs/{registration.run_id}) · "
+            f"[model version {registration.version}]({base}/#/models/{registration.model_name}/versions/"
+            f"{registration.version})",
+        ]
     return "\n".join(lines)
+
+
+def metrics_table(layout: RunLayout) -> list[dict]:
+    """One row per model scored on the test split (this run, champion, baselines), headline metrics as
+    columns: the Prefect table artifact."""
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    keys = headline_keys(metrics)
+    rows = [("this run", metrics["model"])]
+    if metrics.get("champion"):
+        rows.append((f"champion v{metrics.get('champion_version')}", metrics["champion"]))
+    rows += [(f"baseline: {name}", values) for name, values in metrics["baselines"].items()]
+    return [
+        {
+            "model": name,
+            **{k: round(float(v[k]), 4) if isinstance(v.get(k), int | float) else None for k in keys},
+        }
+        for name, v in rows
+    ]
