@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from tunery.methods import MethodUnavailable
-
 from tunery.config import RecipeError
 from tunery.data.clean import QuarantineLimitExceeded
 from tunery.data.ingest import DataError
 from tunery.data.split import LeakageError
+from tunery.methods import MethodUnavailable
 
 # Retrying these cannot help: the data or the recipe must change first.
 BAD_INPUT = (RecipeError, DataError, QuarantineLimitExceeded, LeakageError, MethodUnavailable)
