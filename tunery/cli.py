@@ -154,6 +154,73 @@ def score(
     typer.secho(f"wrote {out}", fg=typer.colors.GREEN)
 
 
+stack_app = typer.Typer(no_args_is_help=True, help="A local Prefect + MLflow stack on 127.0.0.1.")
+app.add_typer(stack_app, name="stack")
+StackDirOpt = Annotated[Path, typer.Option(help="Where the stack keeps its state, databases and logs.")]
+DEFAULT_STACK_DIR = Path(".tunery") / "stack"
+
+
+@stack_app.command("up")
+def stack_up(
+    root: StackDirOpt = DEFAULT_STACK_DIR,
+    postgres: Annotated[
+        bool, typer.Option(help="PostgreSQL as MLflow's backend store (default SQLite).")
+    ] = False,
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port (UI and API).")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+    pool: Annotated[str, typer.Option(help="Process work pool the worker serves.")] = "tunery-local",
+    deploy: Annotated[bool, typer.Option(help="Deploy every deployment of prefect.yaml.")] = True,
+) -> None:
+    """Start MLflow, a Prefect server and a worker (and PostgreSQL with --postgres); deploy; print the UIs."""
+    from tunery import stack
+
+    try:
+        state = stack.up(
+            root.resolve(),
+            Path.cwd(),
+            postgres=postgres,
+            prefect_port=prefect_port,
+            mlflow_port=mlflow_port,
+            pool=pool,
+            deploy=deploy,
+        )
+    except stack.StackError as exc:
+        _fail(str(exc))
+    for service in state["services"]:
+        typer.echo(f"{service['name']:<9} pid {service['pid']:<8} log {service['log']}")
+    typer.secho(f"Prefect UI: {state['prefect_url']}", fg=typer.colors.GREEN, bold=True)
+    typer.secho(f"MLflow UI:  {state['mlflow_url']}", fg=typer.colors.GREEN, bold=True)
+    typer.echo(
+        f"use it: export PREFECT_API_URL={state['prefect_api_url']} MLFLOW_TRACKING_URI={state['mlflow_url']}"
+    )
+    typer.echo("stop it: tunery stack down")
+
+
+@stack_app.command("down")
+def stack_down(root: StackDirOpt = DEFAULT_STACK_DIR) -> None:
+    """Stop the stack's processes: workers, then the Prefect server, MLflow, PostgreSQL."""
+    from tunery import stack
+
+    stopped = stack.down(root.resolve())
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+def stack_status(root: StackDirOpt = DEFAULT_STACK_DIR) -> None:
+    """Show the stack's processes and whether each is running (exit 1 if any is not)."""
+    from tunery import stack
+
+    found = stack.status(root.resolve())
+    if not found:
+        typer.echo("no stack recorded")
+        raise typer.Exit(1)
+    for service, alive in found:
+        where = f" {service.url}" if service.url else ""
+        typer.echo(f"{service.name:<9} pid {service.pid:<8} {'running' if alive else 'STOPPED'}{where}")
+    if not all(alive for _, alive in found):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app(prog_name="tunery")
 
