@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.data import clean_data, ingest_data, split_data
+from tasks.data import clean_data, ingest_data, publish_data, split_data
 from tasks.model import close_run, evaluate_model, open_run, register_model, train_model
 from tunery.config import load_recipe, resolve_paths
 
@@ -27,7 +27,8 @@ def finetune(recipe_path: str, overrides: list[str] | None = None) -> dict:
     try:
         ingested = ingest_data(recipe, run_dir)
         cleaned = clean_data(recipe, run_dir, ingested)
-        splits = split_data(recipe, run_dir, run_id, cleaned)
+        splits = split_data(recipe, run_dir, cleaned)
+        splits = publish_data(recipe, run_dir, run_id, ingested, cleaned, splits)
         model_dir = train_model(recipe, run_dir, run_id, splits)
         metrics = evaluate_model(recipe, run_dir, model_dir)
         result = register_model(recipe, run_dir, run_id, metrics)

@@ -1,4 +1,11 @@
-"""Data-preparation tasks: ingest, clean, split. Each reads and writes files in the run folder."""
+"""Data-preparation tasks: ingest, clean, split (cached on content), then publish (always runs).
+
+ingest, clean and split are cached on the content key of their inputs (tunery.data.cache.stage_keys: the
+source files' bytes, the recipe sections they read, the data code's version): a re-run with unchanged
+inputs shows them as Cached and reuses the earlier run's files; publish then completes this run's data
+folder from them and records the data in MLflow and in a Prefect artifact. ``PREFECT_TASKS_REFRESH_CACHE=
+true`` forces them to run.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +14,67 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
+from prefect.transactions import get_transaction
 
 from tasks._retry import retry_unless_bad_input
 from tunery import tracking
 from tunery.config import Recipe
-from tunery.data import report, stages
+from tunery.data import cache, report, stages
 from tunery.layout import RunLayout
 
 
-@task(name="ingest", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_unless_bad_input)
+def _content_key(stage: str):
+    """A cache_key_fn: the stage's content key, mapped through the workdir's index of live outputs."""
+
+    def key(context: TaskRunContext, parameters: dict) -> str:
+        recipe: Recipe = parameters["recipe"]
+        content = cache.stage_keys(recipe)[stage]
+        return cache.StageIndex(recipe.workdir).cache_key(stage, content)
+
+    return key
+
+
+def _remember(recipe: Recipe, stage: str, outputs: list[str]) -> None:
+    """Record which cache key produced ``outputs`` (so that it is reused only while they exist)."""
+    current = get_transaction()  # Prefect 3 caches a task's result under its transaction's key
+    if current is not None and current.key:
+        content = cache.stage_keys(recipe)[stage]
+        cache.StageIndex(recipe.workdir).record(stage, content, current.key, outputs)
+
+
+_CACHED = {"persist_result": True, "cache_result_in_memory": False}
+
+
+@task(
+    name="ingest",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_unless_bad_input,
+    cache_key_fn=_content_key("ingest"),
+    **_CACHED,
+)
 def ingest_data(recipe: Recipe, run_dir: str) -> str:
     """Read the data source (files may be remote: transient errors are retried with backoff)."""
     path = stages.ingest_stage(recipe, RunLayout(Path(run_dir)))
+    _remember(recipe, "ingest", [str(path)])
     get_run_logger().info("ingested %s from %s", path.name, recipe.data.source)
     return str(path)
 
 
-@task(name="clean", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
+@task(
+    name="clean",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_key_fn=_content_key("clean"),
+    **_CACHED,
+)
 def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     """Clean and deduplicate; every row not kept is written to the quarantine file with a reason."""
     layout = RunLayout(Path(run_dir))
-    path = stages.clean_stage(recipe, layout)
+    path = stages.clean_stage(recipe, layout, Path(ingested))
+    _remember(recipe, "clean", [str(path), str(layout.quarantine), str(layout.data_report)])
     stats = json.loads(layout.data_report.read_text())["clean"]
     get_run_logger().info(
         "rows in %d -> kept %d, quarantined %d %s, duplicates %d (exact %d, near %d)",
@@ -42,12 +89,35 @@ def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     return str(path)
 
 
-@task(name="split", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
-def split_data(recipe: Recipe, run_dir: str, run_id: str, cleaned: str) -> dict[str, str]:
-    """Hash-bucket train/validation/test split with a leakage check; publishes the data report."""
+@task(
+    name="split",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_key_fn=_content_key("split"),
+    **_CACHED,
+)
+def split_data(recipe: Recipe, run_dir: str, cleaned: str) -> dict[str, str]:
+    """Hash-bucket train/validation/test split with a leakage check."""
     layout = RunLayout(Path(run_dir))
-    paths = stages.split_stage(recipe, layout)
+    paths = stages.split_stage(recipe, layout, Path(cleaned))
+    _remember(recipe, "split", [*paths.values(), str(layout.data_report)])
+    return paths
+
+
+@task(name="publish-data", retries=2, retry_delay_seconds=5)
+def publish_data(
+    recipe: Recipe, run_dir: str, run_id: str, ingested: str, cleaned: str, splits: dict
+) -> dict:
+    """Complete the run's data folder from reused stages; log the data report, files and split lineage
+    to MLflow and publish the report as a Prefect artifact. Returns this run's split paths."""
+    layout = RunLayout(Path(run_dir))
+    logger = get_run_logger()
+    taken = stages.adopt_data(layout, [Path(ingested), Path(cleaned), *map(Path, splits.values())])
+    if taken:
+        logger.info("reused %d data file(s) of earlier runs (cached stages): %s", len(taken), taken)
     data_report = json.loads(layout.data_report.read_text())
+    paths = {name: str(layout.split(name)) for name in splits}
     tracking.MlflowLogger(recipe, run_id).log_metrics(tracking.data_metrics(data_report))
     files = [layout.data_report, layout.quarantine, *map(Path, data_report["plots"])]
     tracking.log_files(recipe, run_id, files, "data")
@@ -55,7 +125,6 @@ def split_data(recipe: Recipe, run_dir: str, run_id: str, cleaned: str) -> dict[
     create_markdown_artifact(
         key="data-report", markdown=report.markdown(data_report), description="tunery data"
     )
-    logger = get_run_logger()
     logger.info("split rows: %s", {k: v["rows"] for k, v in data_report["split"].items()})
     for warning in data_report["warnings"]:
         logger.warning(warning)

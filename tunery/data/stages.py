@@ -21,8 +21,11 @@ def data_kind(recipe: Recipe) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
+    """Write by replacing the file: never through a hard link shared with an earlier run (adopt_data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
 
 
 def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
@@ -33,28 +36,36 @@ def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
     return layout.ingested
 
 
-def clean_stage(recipe: Recipe, layout: RunLayout) -> Path:
-    """Clean ingested rows into ``clean.parquet``; every row not kept goes to ``quarantine.jsonl``."""
+def clean_stage(recipe: Recipe, layout: RunLayout, ingested: Path | None = None) -> Path:
+    """Clean ingested rows into ``clean.parquet``; every row not kept goes to ``quarantine.jsonl``.
+
+    ``ingested`` defaults to this run's file; it may be an earlier run's (a cached ingest)."""
     from tunery.models import resolve_model
 
     tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens else None
     cache = layout.data_dir / ".arrow"
     cache.mkdir(parents=True, exist_ok=True)
-    result = clean(pd.read_parquet(layout.ingested), recipe.cleaning, recipe.data.labels, cache, tokenizer)
+    result = clean(
+        pd.read_parquet(ingested or layout.ingested), recipe.cleaning, recipe.data.labels, cache, tokenizer
+    )
     result.kept.to_parquet(layout.cleaned, index=False)
     result.quarantined.to_json(layout.quarantine, orient="records", lines=True, force_ascii=False)
     _write_json(layout.data_report, {"clean": result.stats, "quarantine_file": str(layout.quarantine)})
     return layout.cleaned
 
 
-def split_stage(recipe: Recipe, layout: RunLayout) -> dict[str, str]:
-    """Split clean rows into train/validation/test Parquet files; finish the data report and its plots."""
+def split_stage(recipe: Recipe, layout: RunLayout, cleaned: Path | None = None) -> dict[str, str]:
+    """Split clean rows into train/validation/test Parquet files; finish the data report and its plots.
+
+    ``cleaned`` defaults to this run's file; it may be an earlier run's (a cached clean), whose data report
+    (next to it) is carried over."""
+    cleaned = cleaned or layout.cleaned
     threshold = recipe.cleaning.near_duplicate_threshold if recipe.cleaning.near_duplicates else None
-    parts, warnings = split(pd.read_parquet(layout.cleaned), recipe.split, threshold)
+    parts, warnings = split(pd.read_parquet(cleaned), recipe.split, threshold)
     for name, frame in parts.items():
         layout.split(name).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(layout.split(name), index=False)
-    data_report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    data_report = json.loads((cleaned.parent / layout.data_report.name).read_text(encoding="utf-8"))
     data_report["split"] = report.split_summary(parts)
     data_report["warnings"] = warnings
     data_report["plots"] = [
@@ -63,3 +74,45 @@ def split_stage(recipe: Recipe, layout: RunLayout) -> dict[str, str]:
     ]
     _write_json(layout.data_report, data_report)
     return {name: str(layout.split(name)) for name in SPLITS}
+
+
+def adopt_data(layout: RunLayout, outputs: list[Path]) -> list[str]:
+    """Make this run's data folder complete when stages were reused from earlier runs.
+
+    ``outputs`` are the stage outputs this run got (its own, or an earlier run's when a stage was cached),
+    in stage order. Files of each earlier run's data folder that this run lacks are hard-linked (copied
+    across file systems), and the data report's file paths are pointed at this run's copies.
+
+    Returns:
+        The names of the files taken from earlier runs.
+    """
+    import os
+    import shutil
+
+    here = layout.data_dir.resolve()
+    taken: list[str] = []
+    for output in outputs:
+        folder = Path(output).resolve().parent
+        if folder.name == "splits":
+            folder = folder.parent
+        if folder == here or not folder.is_dir():
+            continue
+        for source in sorted(folder.rglob("*")):
+            relative = source.relative_to(folder)
+            if not source.is_file() or relative.parts[0].startswith("."):
+                continue  # .arrow: the cleaning's scratch cache
+            target = layout.data_dir / relative
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+            taken.append(str(relative))
+    if taken and layout.data_report.exists():
+        data_report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+        data_report["quarantine_file"] = str(layout.quarantine)
+        data_report["plots"] = [str(layout.data_dir / Path(p).name) for p in data_report.get("plots", [])]
+        _write_json(layout.data_report, data_report)
+    return taken

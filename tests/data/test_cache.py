@@ -1,0 +1,100 @@
+"""Content keys of the data stages, the index of live cached outputs, and adopting reused files."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from tunery.config import Recipe
+from tunery.data import cache
+from tunery.data.stages import adopt_data
+from tunery.layout import RunLayout
+
+
+def _recipe(source, workdir, **sections) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "name": "cache",
+            "data": {"source": str(source), "text_columns": ["text"], "label_column": "label"},
+            "mlflow": {"registered_model": "cache"},
+            "workdir": str(workdir),
+            **sections,
+        }
+    )
+
+
+def test_fingerprint_follows_content_not_timestamps(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhello,a\n")
+    first = cache.source_fingerprint(str(data))
+    data.write_text("text,label\nhello,a\n")  # same bytes, new mtime
+    assert cache.source_fingerprint(str(data)) == first
+    data.write_text("text,label\nhello,b\n")
+    assert cache.source_fingerprint(str(data)) != first
+
+
+def test_a_new_file_in_a_folder_changes_the_fingerprint(tmp_path):
+    (tmp_path / "a.csv").write_text("text,label\nx,1\n")
+    before = cache.source_fingerprint(str(tmp_path))
+    (tmp_path / "b.csv").write_text("text,label\ny,2\n")
+    assert cache.source_fingerprint(str(tmp_path)) != before
+
+
+def test_keys_change_only_from_the_stage_whose_inputs_changed(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhello,a\n")
+    base = cache.stage_keys(_recipe(data, tmp_path))
+    seed = cache.stage_keys(_recipe(data, tmp_path, split={"seed": 7}))
+    assert (
+        seed["ingest"] == base["ingest"] and seed["clean"] == base["clean"] and seed["split"] != base["split"]
+    )
+    cleaning = cache.stage_keys(_recipe(data, tmp_path, cleaning={"lowercase": True}))
+    assert cleaning["ingest"] == base["ingest"]
+    assert cleaning["clean"] != base["clean"] and cleaning["split"] != base["split"]
+    data.write_text("text,label\nhello,a\nworld,b\n")
+    grown = cache.stage_keys(_recipe(data, tmp_path))
+    assert all(grown[s] != base[s] for s in cache.STAGES)
+    # where runs go and how the model trains do not touch the data stages
+    other = cache.stage_keys(_recipe(data, tmp_path / "elsewhere", training={"epochs": 9}))
+    assert other == grown
+
+
+def test_index_reuses_a_key_only_while_its_outputs_exist(tmp_path):
+    index = cache.StageIndex(tmp_path)
+    fresh = index.cache_key("clean", "c" * 64)
+    assert (
+        fresh.startswith("tunery-clean-") and index.cache_key("clean", "c" * 64) != fresh
+    )  # unknown: unique
+    output = tmp_path / "clean.parquet"
+    output.write_bytes(b"x")
+    index.record("clean", "c" * 64, fresh, [str(output)])
+    assert index.cache_key("clean", "c" * 64) == fresh
+    output.unlink()  # e.g. make clean-runs
+    assert index.cache_key("clean", "c" * 64) != fresh
+
+
+def test_adopt_data_completes_the_run_folder_and_never_writes_through_links(tmp_path):
+    old = RunLayout.create(tmp_path, "old")
+    old.data_dir.mkdir(parents=True)
+    pd.DataFrame({"text": ["a"], "label": ["x"]}).to_parquet(old.cleaned)
+    old.quarantine.write_text('{"reason": "empty_text"}\n')
+    (old.data_dir / "lengths.png").write_bytes(b"png")
+    report = {
+        "clean": {"rows_in": 2},
+        "quarantine_file": str(old.quarantine),
+        "plots": [str(old.data_dir / "lengths.png")],
+    }
+    old.data_report.write_text(json.dumps(report))
+    (old.data_dir / ".arrow").mkdir()
+    (old.data_dir / ".arrow" / "scratch").write_text("scratch")
+
+    new = RunLayout.create(tmp_path, "new")
+    taken = adopt_data(new, [old.cleaned])
+    assert set(taken) == {"clean.parquet", "quarantine.jsonl", "lengths.png", "report.json"}
+    assert not (new.data_dir / ".arrow").exists()
+    adopted = json.loads(new.data_report.read_text())
+    assert adopted["quarantine_file"] == str(new.quarantine)
+    assert adopted["plots"] == [str(new.data_dir / "lengths.png")]
+    assert json.loads(old.data_report.read_text()) == report, "the earlier run's report is untouched"
+    assert adopt_data(new, [old.cleaned]) == [], "nothing left to take"
