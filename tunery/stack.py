@@ -296,8 +296,10 @@ def start_prefect(root: Path, port: int | None = None, env: dict[str, str] | Non
     port = port or free_port()
     log = root / "logs" / "prefect-server.log"
     command = [*_prefect_cli(), "server", "start", "--host", LOOPBACK, "--port", str(port)]
-    proc = spawn("prefect", command, log, {**prefect_env(root), **(env or {})})
     url = f"http://{LOOPBACK}:{port}"
+    # The UI calls the API at this address (Prefect's default assumes port 4200).
+    ui = {"PREFECT_SERVER_UI_API_URL": f"{url}/api"}
+    proc = spawn("prefect", command, log, {**prefect_env(root), **ui, **(env or {})})
     wait_http(f"{url}/api/health", proc.pid, log)
     return Service("prefect", proc.pid, str(log), port, url, command)
 
@@ -373,14 +375,23 @@ TRAINING_LIMIT = "tunery-training"  # one training job at a time per pool: see t
 
 
 def _prefect(root: Path, api_url: str, args: list[str], cwd: Path, check: bool = True) -> str:
-    """Run a Prefect CLI command against the stack's server; returns its output."""
+    """Run a Prefect CLI command against the stack's server; returns its output (stdout and stderr)."""
     env = {**os.environ, **prefect_env(root, f"{api_url}/api")}
     done = subprocess.run(
         [*_prefect_cli(), "--no-prompt", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
     if check and done.returncode != 0:
         raise StackError(f"prefect {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return done.stdout
+    return done.stdout + done.stderr
+
+
+def _prefect_ok(root: Path, api_url: str, limit: str, cwd: Path) -> bool:
+    """Whether the global concurrency limit ``limit`` exists on the server."""
+    try:
+        _prefect(root, api_url, ["global-concurrency-limit", "inspect", limit], cwd)
+    except StackError:
+        return False
+    return True
 
 
 def provision(root: Path, api_url: str, project: Path, pool: str = DEFAULT_POOL, deploy: bool = True) -> None:
@@ -391,11 +402,10 @@ def provision(root: Path, api_url: str, project: Path, pool: str = DEFAULT_POOL,
     if template.exists():
         create += ["--base-job-template", str(template)]
     _prefect(root, api_url, create, project)
-    limits = _prefect(root, api_url, ["global-concurrency-limit", "ls"], project)
-    if TRAINING_LIMIT not in limits:
-        _prefect(
-            root, api_url, ["global-concurrency-limit", "create", TRAINING_LIMIT, "--limit", "1"], project
-        )
+    limit = ["global-concurrency-limit", "create", TRAINING_LIMIT, "--limit", "1"]
+    out = _prefect(root, api_url, limit, project, check=False)
+    if "already exists" not in out and not _prefect_ok(root, api_url, TRAINING_LIMIT, project):
+        raise StackError(f"creating the global concurrency limit {TRAINING_LIMIT} failed:\n{out[-2000:]}")
     if deploy:
         _prefect(root, api_url, ["deploy", "--all"], project)
 

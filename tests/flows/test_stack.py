@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -80,7 +81,10 @@ def _wait_final(api: httpx.Client, run_ids: list[str], timeout: float) -> dict[s
     deadline = time.monotonic() + timeout
     runs: dict[str, dict] = {}
     while time.monotonic() < deadline:
-        runs = {rid: api.get(f"/flow_runs/{rid}").json() for rid in run_ids}
+        replies = {rid: api.get(f"/flow_runs/{rid}") for rid in run_ids}
+        for rid, reply in replies.items():
+            assert reply.status_code == 200, f"flow run {rid}: HTTP {reply.status_code} {reply.text[:200]}"
+        runs = {rid: reply.json() for rid, reply in replies.items()}
         if all(r["state"]["type"] in FINAL for r in runs.values()):
             return runs
         time.sleep(2)
@@ -205,8 +209,9 @@ def test_scheduler_creates_a_run_that_the_worker_executes(live_stack, tmp_path_f
         assert scheduled, "the scheduler created no run in 120 s"
         first = scheduled[0]
         assert abs((_parse(first["expected_start_time"]) - anchor).total_seconds()) < 1
-        api.patch(f"/deployments/{deployment}", json={"paused": True})  # no further occurrences
         final = _wait_final(api, [first["id"]], timeout=600)[first["id"]]
+        # no further occurrences (pausing deletes the planned runs, so only once this one has finished)
+        api.patch(f"/deployments/{deployment}", json={"paused": True})
     assert final["state"]["type"] == "COMPLETED"
     assert final["work_queue_name"] == "default" and final["infrastructure_pid"]
 
@@ -223,3 +228,104 @@ def test_stack_up_refuses_a_second_stack_on_the_same_folder(live_stack):
     again = _tunery("stack", "up", "--root", str(live_stack["root"]), env=live_stack["env"], timeout=60)
     assert again.returncode == 2
     assert "already running" in again.stderr
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",  # this machine refuses outside connections: don't try any
+    "--disable-component-update",
+]
+DOCS = REPO / "docs"
+
+
+def _browser(playwright):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed (Debian: apt-get install chromium; `make test` installs it)"
+    return playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+
+
+def _keep_screenshot(path: Path) -> None:
+    """Screenshots for the README are refreshed with TUNERY_UPDATE_SCREENSHOTS=1 (docs/ is in git)."""
+    import shutil
+
+    if os.environ.get("TUNERY_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        shutil.copy(path, DOCS / path.name)
+
+
+def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_path):
+    """Deployments -> finetune -> Run -> Custom run, edit the overrides, Submit; the run completes."""
+    from playwright.sync_api import sync_playwright
+
+    workdir = tmp_path / "ui-run"
+    overrides = ["training.max_steps=4", f"workdir={workdir}", "mlflow.registered_model=helpdesk-ui"]
+    prefect_ui, mlflow_ui = live_stack["prefect_url"], live_stack["mlflow_url"]
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{prefect_ui}/deployments", wait_until="networkidle")
+        page.get_by_role("link", name="finetune", exact=True).first.click()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_role("button", name="Custom run").click()
+        page.get_by_text("recipe_path").first.wait_for()
+        for value in overrides:  # the overrides list: one text box per item
+            boxes = page.locator("textarea")
+            count = boxes.count()
+            page.get_by_role("button", name="Add item").click()
+            page.wait_for_function(f"document.querySelectorAll('textarea').length > {count}")
+            boxes.nth(count).fill(value)
+        page.get_by_role("button", name="Submit").click()
+        toast = page.get_by_text("scheduled to start").first
+        toast.wait_for(timeout=30_000)
+        run_name = toast.evaluate("e => e.parentElement.innerText").split(" scheduled to start")[0].strip()
+        page.get_by_role("link", name=run_name, exact=True).first.click()
+        page.wait_for_url("**/runs/flow-run/**")
+        run_id = page.url.rstrip("/").split("/")[-1]
+
+        badge, deadline = "", time.monotonic() + 600
+        while time.monotonic() < deadline:
+            page.reload(wait_until="networkidle")
+            badge = page.locator(".state-badge").first.get_attribute("class") or ""
+            if any(f"state--{s}" in badge for s in ("completed", "failed", "crashed", "cancelled")):
+                break
+            time.sleep(3)
+        assert "state--completed" in badge, f"the run's state badge says {badge!r}"
+        page.locator(".flow-run-graph canvas, canvas").first.wait_for()  # the flow run graph (a canvas)
+        page.wait_for_timeout(2000)  # let the graph lay out its nodes before the screenshot
+        shot = tmp_path / "prefect-flow-run.png"
+        page.screenshot(path=str(shot))
+        _keep_screenshot(shot)
+
+        page.goto(f"{mlflow_ui}/#/models/helpdesk-ui/versions/1", wait_until="networkidle")
+        page.get_by_text("helpdesk-ui").first.wait_for()
+        page.get_by_text("champion").first.wait_for()
+        shot = tmp_path / "mlflow-model-version.png"
+        page.screenshot(path=str(shot))
+        _keep_screenshot(shot)
+
+        import mlflow
+
+        version = mlflow.MlflowClient(mlflow_ui).get_model_version("helpdesk-ui", "1")
+        mlflow_run = mlflow.MlflowClient(mlflow_ui).get_run(version.run_id).info
+        page.goto(
+            f"{mlflow_ui}/#/experiments/{mlflow_run.experiment_id}/runs/{mlflow_run.run_id}",
+            wait_until="domcontentloaded",  # the run page keeps polling: the network never goes idle
+        )
+        page.get_by_text(mlflow_run.run_name).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        shot = tmp_path / "mlflow-run.png"
+        page.screenshot(path=str(shot))
+        _keep_screenshot(shot)
+        browser.close()
+
+    with _api(live_stack) as api:
+        run = api.get(f"/flow_runs/{run_id}").json()
+    assert run["name"] == run_name and run["state"]["type"] == "COMPLETED"
+    assert run["parameters"]["overrides"] == overrides, "the parameters edited in the UI reached the run"
+    assert (workdir / "runs").is_dir(), "the run used the workdir typed into the UI"
