@@ -14,6 +14,7 @@ import pandas as pd
 
 from tunery.config import DataConfig
 from tunery.data.ingest import DataError, read_file
+from tunery.tracking import use_tracking_uri
 
 WRITERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
@@ -76,7 +77,7 @@ def score_file(
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    use_tracking_uri(tracking_uri or default_tracking_uri())
     rows = _read(input_path)
     if rows.empty:
         raise DataError(f"{input_path}: no rows to score")

@@ -32,11 +32,26 @@ def artifact_location(recipe: Recipe) -> str | None:
 
 
 def client(recipe: Recipe):
-    """An MLflow client bound to the recipe's store (also sets the process-wide tracking URI)."""
+    """An MLflow client bound to the recipe's store (also sets the process-wide tracking URI, but not the
+    environment: the next recipe in the same process must still get its own store, see
+    :func:`use_tracking_uri`)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(recipe))
-    return mlflow.MlflowClient(tracking_uri(recipe))
+    uri = tracking_uri(recipe)
+    use_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def use_tracking_uri(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` for this process without leaving ``MLFLOW_TRACKING_URI`` changed."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def experiment_id(recipe: Recipe) -> str:

@@ -1,0 +1,31 @@
+"""MLflow tracking helpers: which store a recipe uses, and no leaking of one recipe's store into the next."""
+
+from __future__ import annotations
+
+import mlflow
+
+from tunery.config import Recipe
+from tunery.tracking import client, tracking_uri
+
+
+def _recipe(tmp_path, uri: str | None = None) -> Recipe:
+    mlflow_section = {"registered_model": "m", **({"tracking_uri": uri} if uri else {})}
+    return Recipe.model_validate(
+        {"name": "t", "data": {"source": "d.csv"}, "mlflow": mlflow_section, "workdir": str(tmp_path / "w")}
+    )
+
+
+def test_store_of_one_recipe_does_not_leak_into_the_next(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = _recipe(tmp_path, f"sqlite:///{tmp_path / 'other.db'}")
+    client(first)
+    assert mlflow.get_tracking_uri() == first.mlflow.tracking_uri  # the process-wide URI is set ...
+    second = _recipe(tmp_path)
+    # ... but the environment is not: a recipe without a store of its own still gets its workdir's
+    assert tracking_uri(second) == f"sqlite:///{(tmp_path / 'w' / 'mlflow.db').resolve()}"
+
+
+def test_the_users_environment_variable_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    client(_recipe(tmp_path, f"sqlite:///{tmp_path / 'other.db'}"))
+    assert tracking_uri(_recipe(tmp_path)) == "http://127.0.0.1:5999"
