@@ -299,7 +299,10 @@ def start_prefect(root: Path, port: int | None = None, env: dict[str, str] | Non
     url = f"http://{LOOPBACK}:{port}"
     # The UI calls the API at this address (Prefect's default assumes port 4200).
     ui = {"PREFECT_SERVER_UI_API_URL": f"{url}/api"}
-    proc = spawn("prefect", command, log, {**prefect_env(root), **ui, **(env or {})})
+    # SQLite serialises writes: on a small machine a burst (runs finishing, the worker, the scheduler) can
+    # hold the lock longer than the default 10 s statement timeout, which the API answers with 503.
+    db = {"PREFECT_SERVER_DATABASE_TIMEOUT": os.environ.get("PREFECT_SERVER_DATABASE_TIMEOUT", "60")}
+    proc = spawn("prefect", command, log, {**prefect_env(root), **ui, **db, **(env or {})})
     wait_http(f"{url}/api/health", proc.pid, log)
     return Service("prefect", proc.pid, str(log), port, url, command)
 

@@ -67,8 +67,22 @@ def live_stack(tmp_path_factory):
                 os.kill(service["pid"], 0)
 
 
+class _RetryBusy(httpx.HTTPTransport):
+    """Retry 503/429 like Prefect's own client does: a SQLite-backed server answers 503 while the
+    database is locked by a burst of writes (two flow runs, the worker, the scheduler on 2 cores)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(8):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503) or attempt == 7:
+                return response
+            response.close()
+            time.sleep(min(2**attempt, 10))
+        raise AssertionError("unreachable")
+
+
 def _api(state: dict) -> httpx.Client:
-    return httpx.Client(base_url=state["prefect_api_url"], timeout=30)
+    return httpx.Client(base_url=state["prefect_api_url"], timeout=30, transport=_RetryBusy())
 
 
 def _deployment_id(api: httpx.Client, flow: str, name: str) -> str:
@@ -282,7 +296,11 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
             boxes.nth(count).fill(value)
         page.get_by_role("button", name="Submit").click()
         toast = page.get_by_text("scheduled to start").first
-        toast.wait_for(timeout=30_000)
+        try:
+            toast.wait_for(timeout=90_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "submit-failed.png"))
+            raise
         run_name = toast.evaluate("e => e.parentElement.innerText").split(" scheduled to start")[0].strip()
         page.get_by_role("link", name=run_name, exact=True).first.click()
         page.wait_for_url("**/runs/flow-run/**")
@@ -302,9 +320,11 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
         page.screenshot(path=str(shot))
         _keep_screenshot(shot)
 
-        page.goto(f"{mlflow_ui}/#/models/helpdesk-ui/versions/1", wait_until="networkidle")
-        page.get_by_text("helpdesk-ui").first.wait_for()
-        page.get_by_text("champion").first.wait_for()
+        # MLflow's pages keep polling, so the network never goes idle: wait for their content instead
+        page.goto(f"{mlflow_ui}/#/models/helpdesk-ui/versions/1", wait_until="domcontentloaded")
+        page.get_by_text("helpdesk-ui").first.wait_for(timeout=60_000)
+        page.get_by_text("champion").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
         shot = tmp_path / "mlflow-model-version.png"
         page.screenshot(path=str(shot))
         _keep_screenshot(shot)
@@ -315,7 +335,7 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
         mlflow_run = mlflow.MlflowClient(mlflow_ui).get_run(version.run_id).info
         page.goto(
             f"{mlflow_ui}/#/experiments/{mlflow_run.experiment_id}/runs/{mlflow_run.run_id}",
-            wait_until="domcontentloaded",  # the run page keeps polling: the network never goes idle
+            wait_until="domcontentloaded",
         )
         page.get_by_text(mlflow_run.run_name).first.wait_for(timeout=60_000)
         page.wait_for_timeout(2000)
