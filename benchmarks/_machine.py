@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +26,9 @@ def machine_info(packages: tuple[str, ...]) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
     }
+
+
+def write_result(path: Path, doc: dict[str, Any]) -> None:
+    """Write a benchmark's JSON document (creating its folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

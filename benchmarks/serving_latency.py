@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "is the cost of HTTP, JSON and the scoring server",
         ],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    _machine.write_result(args.out, doc)
     print(f"{'phase':<22}{'requests':>9}{'errors':>7}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}")
     print(
         f"{'in-process':<22}{baseline['requests']:>9}{0:>7}{baseline['throughput_rps']:>9.1f}"
