@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import time
@@ -284,7 +285,9 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
         browser = _browser(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"{prefect_ui}/deployments", wait_until="networkidle")
-        page.get_by_role("link", name="finetune", exact=True).first.click()
+        # the deployment's link (each row also links its flow, also called finetune)
+        deployment_links = page.locator("a[href*='/deployments/deployment/']")
+        deployment_links.filter(has_text=re.compile(r"^\s*finetune\s*$")).first.click()
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_role("button", name="Custom run").click()
         page.get_by_text("recipe_path").first.wait_for()
@@ -349,3 +352,43 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
     assert run["name"] == run_name and run["state"]["type"] == "COMPLETED"
     assert run["parameters"]["overrides"] == overrides, "the parameters edited in the UI reached the run"
     assert (workdir / "runs").is_dir(), "the run used the workdir typed into the UI"
+
+
+def test_a_burst_of_drop_events_starts_one_continuous_learning_run(live_stack, tmp_path):
+    """Two `tunery.drop.arrived` events from one drop zone within a minute: the deployment trigger in
+    prefect.yaml starts exactly one run, with the recipe named in the event's payload."""
+    import uuid
+
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "configs" / "helpdesk.yaml").read_text())
+    recipe["data"]["source"] = str(REPO / recipe["data"]["source"])
+    recipe["training"]["max_steps"] = 2
+    recipe["workdir"] = str(tmp_path / "work")
+    recipe["mlflow"]["registered_model"] = "helpdesk-drops"
+    recipe_path = tmp_path / "drops.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+
+    def event(name: str) -> dict:
+        return {
+            "id": str(uuid.uuid4()),
+            "occurred": dt.datetime.now(dt.UTC).isoformat(),
+            "event": "tunery.drop.arrived",
+            "resource": {"prefect.resource.id": "tunery.drop-zone.test", "tunery.file": name},
+            "payload": {"recipe_path": str(recipe_path), "file": name},
+        }
+
+    with _api(live_stack) as api:
+        deployment = _deployment_id(api, "finetune", "continuous-learning")
+        reply = api.post("/events", json=[event("drop-1.csv"), event("drop-2.csv")])
+        assert reply.status_code == 204, reply.text
+        deadline, runs = time.monotonic() + 90, []
+        while not runs and time.monotonic() < deadline:
+            runs = _runs_of(api, deployment)
+            time.sleep(2)
+        assert runs, "the drop event started no run in 90 s"
+        final = _wait_final(api, [runs[0]["id"]], timeout=600)[runs[0]["id"]]
+        assert final["state"]["type"] == "COMPLETED"
+        assert final["parameters"]["recipe_path"] == str(recipe_path)
+        assert len(_runs_of(api, deployment)) == 1, "a burst of drops gives one retrain"
+    assert (tmp_path / "work" / "runs").is_dir()
