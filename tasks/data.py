@@ -43,17 +43,21 @@ def _remember(recipe: Recipe, stage: str, outputs: list[str]) -> None:
         cache.StageIndex(recipe.workdir).record(stage, content, current.key, outputs)
 
 
-_CACHED = {"persist_result": True, "cache_result_in_memory": False}
+def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int]):
+    """The task decorator of a data stage: retried unless the input is bad, cached on its content key
+    (the result, a path, is persisted so that later runs and processes can reuse it)."""
+    return task(
+        name=name,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        retry_condition_fn=retry_unless_bad_input,
+        cache_key_fn=_content_key(name),
+        persist_result=True,
+        cache_result_in_memory=False,
+    )
 
 
-@task(
-    name="ingest",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_unless_bad_input,
-    cache_key_fn=_content_key("ingest"),
-    **_CACHED,
-)
+@_data_stage("ingest", retries=3, retry_delay_seconds=[2, 10, 30])
 def ingest_data(recipe: Recipe, run_dir: str) -> str:
     """Read the data source (files may be remote: transient errors are retried with backoff)."""
     path = stages.ingest_stage(recipe, RunLayout(Path(run_dir)))
@@ -62,14 +66,7 @@ def ingest_data(recipe: Recipe, run_dir: str) -> str:
     return str(path)
 
 
-@task(
-    name="clean",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_key_fn=_content_key("clean"),
-    **_CACHED,
-)
+@_data_stage("clean", retries=1, retry_delay_seconds=5)
 def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     """Clean and deduplicate; every row not kept is written to the quarantine file with a reason."""
     layout = RunLayout(Path(run_dir))
@@ -89,14 +86,7 @@ def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     return str(path)
 
 
-@task(
-    name="split",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_key_fn=_content_key("split"),
-    **_CACHED,
-)
+@_data_stage("split", retries=1, retry_delay_seconds=5)
 def split_data(recipe: Recipe, run_dir: str, cleaned: str) -> dict[str, str]:
     """Hash-bucket train/validation/test split with a leakage check."""
     layout = RunLayout(Path(run_dir))
