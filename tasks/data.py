@@ -43,13 +43,14 @@ def _remember(recipe: Recipe, stage: str, outputs: list[str]) -> None:
         cache.StageIndex(recipe.workdir).record(stage, content, current.key, outputs)
 
 
-def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int]):
+def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int], timeout_hours: float):
     """The task decorator of a data stage: retried unless the input is bad, cached on its content key
-    (the result, a path, is persisted so that later runs and processes can reuse it)."""
+    (the result, a path, is persisted so that later runs and processes can reuse it), with a timeout."""
     return task(
         name=name,
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
+        timeout_seconds=timeout_hours * 3600,
         retry_condition_fn=retry_unless_bad_input,
         cache_key_fn=_content_key(name),
         persist_result=True,
@@ -57,7 +58,7 @@ def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int]):
     )
 
 
-@_data_stage("ingest", retries=3, retry_delay_seconds=[2, 10, 30])
+@_data_stage("ingest", retries=3, retry_delay_seconds=[2, 10, 30], timeout_hours=2)
 def ingest_data(recipe: Recipe, run_dir: str) -> str:
     """Read the data source (files may be remote: transient errors are retried with backoff)."""
     path = stages.ingest_stage(recipe, RunLayout(Path(run_dir)))
@@ -66,7 +67,7 @@ def ingest_data(recipe: Recipe, run_dir: str) -> str:
     return str(path)
 
 
-@_data_stage("clean", retries=1, retry_delay_seconds=5)
+@_data_stage("clean", retries=1, retry_delay_seconds=5, timeout_hours=6)
 def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     """Clean and deduplicate; every row not kept is written to the quarantine file with a reason."""
     layout = RunLayout(Path(run_dir))
@@ -86,7 +87,7 @@ def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     return str(path)
 
 
-@_data_stage("split", retries=1, retry_delay_seconds=5)
+@_data_stage("split", retries=1, retry_delay_seconds=5, timeout_hours=2)
 def split_data(recipe: Recipe, run_dir: str, cleaned: str) -> dict[str, str]:
     """Hash-bucket train/validation/test split with a leakage check."""
     layout = RunLayout(Path(run_dir))

@@ -56,7 +56,7 @@ def train_model(recipe: Recipe, run_dir: str, run_id: str, splits: dict[str, str
     return str(model_dir)
 
 
-@task(name="evaluate", retries=2, retry_delay_seconds=5)
+@task(name="evaluate", retries=2, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
     """Score the model, the majority baseline and the current champion on the same test rows."""
     champion_version = registry.current_champion(recipe)
@@ -67,7 +67,7 @@ def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
     return str(path)
 
 
-@task(name="register", retries=2, retry_delay_seconds=5)
+@task(name="register", retries=2, retry_delay_seconds=5, timeout_seconds=3600)
 def register_model(recipe: Recipe, run_dir: str, run_id: str, metrics_path: str) -> dict:
     """Log the model, register a new version and alias it champion or challenger by the gate."""
     layout = RunLayout(Path(run_dir))
