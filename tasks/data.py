@@ -38,9 +38,9 @@ def _content_key(stage: str):
 def _remember(recipe: Recipe, stage: str, outputs: list[str]) -> None:
     """Record which cache key produced ``outputs`` (so that it is reused only while they exist)."""
     current = get_transaction()  # Prefect 3 caches a task's result under its transaction's key
-    if current is not None and current.key:
-        content = cache.stage_keys(recipe)[stage]
-        cache.StageIndex(recipe.workdir).record(stage, content, current.key, outputs)
+    parsed = cache.StageIndex.parse(current.key) if current is not None and current.key else None
+    if parsed is not None and parsed[0] == stage:
+        cache.StageIndex(recipe.workdir).record(stage, parsed[1], current.key, outputs)
 
 
 def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int], timeout_hours: float):

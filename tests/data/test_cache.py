@@ -98,3 +98,23 @@ def test_adopt_data_completes_the_run_folder_and_never_writes_through_links(tmp_
     assert adopted["plots"] == [str(new.data_dir / "lengths.png")]
     assert json.loads(old.data_report.read_text()) == report, "the earlier run's report is untouched"
     assert adopt_data(new, [old.cleaned]) == [], "nothing left to take"
+
+
+def test_cache_keys_carry_their_content_key():
+    index_key = cache.StageIndex("/unused").cache_key("split", "a" * 64)
+    assert cache.StageIndex.parse(index_key) == ("split", "a" * 64)
+    assert cache.StageIndex.parse("some-other-key") is None
+
+
+def test_adopt_data_takes_each_file_from_the_latest_stage_that_made_it(tmp_path):
+    """Split cached from run B, clean cached from run A (other split seed): the splits and report are B's."""
+    run_a, run_b = RunLayout.create(tmp_path, "a"), RunLayout.create(tmp_path, "b")
+    for run, tag in ((run_a, "seed-0"), (run_b, "seed-7")):
+        run.split("train").parent.mkdir(parents=True)
+        pd.DataFrame({"text": [tag], "label": ["x"]}).to_parquet(run.split("train"))
+        run.data_report.write_text(json.dumps({"split": {"train": {"digest": tag}}, "plots": []}))
+        pd.DataFrame({"text": ["a"], "label": ["x"]}).to_parquet(run.cleaned)
+    new = RunLayout.create(tmp_path, "new")
+    adopt_data(new, [run_a.ingested, run_a.cleaned, run_b.split("train")])
+    assert pd.read_parquet(new.split("train"))["text"].tolist() == ["seed-7"]
+    assert json.loads(new.data_report.read_text())["split"]["train"]["digest"] == "seed-7"

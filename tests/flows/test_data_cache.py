@@ -92,10 +92,20 @@ def test_unchanged_inputs_are_cached_and_a_changed_split_reruns_only_the_split(
     )
     assert moved > 0, "another seed gives another split"
 
+    # seed 7 again: split cached from the third run, ingest and clean from the first; the data must be
+    # the third run's split, not the first run's (seed 42)
+    fourth, states = _run(recipe, ["split.seed=7"])
+    assert [states[s] for s in ("ingest", "clean", "split")] == ["Cached"] * 3
+    for name in ("train", "validation", "test"):
+        assert pd.read_parquet(fourth["splits"][name]).equals(pd.read_parquet(third["splits"][name]))
+    third_report = json.loads((Path(third["run_dir"]) / "data" / "report.json").read_text())
+    fourth_report = json.loads((Path(fourth["run_dir"]) / "data" / "report.json").read_text())
+    assert fourth_report["split"] == third_report["split"]
+
     # outputs deleted (e.g. make clean-runs): the cache is not trusted, the stages run again
     import shutil
 
-    for folder in (old.root, new.root, Path(third["run_dir"])):
+    for folder in (old.root, new.root, Path(third["run_dir"]), Path(fourth["run_dir"])):
         shutil.rmtree(folder)
     _, states = _run(recipe, [])
     assert {states[s] for s in ("ingest", "clean", "split")} == {"Completed"}

@@ -117,7 +117,18 @@ class StageIndex:
         entry = self._load().get(f"{stage}:{content_key}")
         if entry and all(Path(p).exists() for p in entry["outputs"]):
             return entry["cache_key"]
-        return f"tunery-{stage}-{content_key[:40]}-{uuid.uuid4().hex[:12]}"
+        return f"tunery-{stage}-{content_key}-{uuid.uuid4().hex[:12]}"
+
+    @staticmethod
+    def parse(cache_key: str) -> tuple[str, str] | None:
+        """``(stage, content key)`` of a cache key made by :meth:`cache_key`, else None.
+
+        The content key is read back from the cache key, not recomputed: the source may have changed
+        while the stage ran, and its outputs belong to the content the key was computed for."""
+        parts = cache_key.split("-")
+        if len(parts) == 4 and parts[0] == "tunery" and parts[1] in STAGES and len(parts[2]) == 64:
+            return parts[1], parts[2]
+        return None
 
     def record(self, stage: str, content_key: str, cache_key: str, outputs: list[str]) -> None:
         """Remember that ``cache_key`` produced ``outputs`` (atomic replace of the index file)."""

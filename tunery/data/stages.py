@@ -80,8 +80,9 @@ def adopt_data(layout: RunLayout, outputs: list[Path]) -> list[str]:
     """Make this run's data folder complete when stages were reused from earlier runs.
 
     ``outputs`` are the stage outputs this run got (its own, or an earlier run's when a stage was cached),
-    in stage order. Files of each earlier run's data folder that this run lacks are hard-linked (copied
-    across file systems), and the data report's file paths are pointed at this run's copies.
+    in stage order. Files of the earlier runs' data folders that this run lacks are hard-linked (copied
+    across file systems), each from the folder of the latest stage that has it, and the data report's
+    file paths are pointed at this run's copies.
 
     Returns:
         The names of the files taken from earlier runs.
@@ -91,7 +92,9 @@ def adopt_data(layout: RunLayout, outputs: list[Path]) -> list[str]:
 
     here = layout.data_dir.resolve()
     taken: list[str] = []
-    for output in outputs:
+    # The most downstream stage first: a cached split's folder holds the splits and report of *that*
+    # split, which must win over the (older) folder the cached ingest or clean came from.
+    for output in reversed(outputs):
         folder = Path(output).resolve().parent
         if folder.name == "splits":
             folder = folder.parent
