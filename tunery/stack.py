@@ -9,6 +9,7 @@ The same functions back ``tunery stack up|down|status`` and the tests that need 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -122,15 +123,28 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool
     except PermissionError:
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
+    killed = False
     while _alive(pid):
         if time.monotonic() > deadline:
+            if killed:  # a zombie that is not our child: nothing more to do
+                break
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 break
-            deadline = time.monotonic() + 10
+            killed, deadline = True, time.monotonic() + 10
         time.sleep(0.2)
     return True
+
+
+@contextlib.contextmanager
+def _stopped_on_failure(pid: int, sig: int = signal.SIGTERM):
+    """Stop the just-spawned process ``pid`` if its start-up checks fail (or are interrupted)."""
+    try:
+        yield
+    except BaseException:
+        stop_pid(pid, sig)
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -194,8 +208,9 @@ def start_postgres(root: Path, port: int | None = None, database: str = "mlflow"
     )
     proc = spawn("postgres", command, log)
     service = Service("postgres", proc.pid, str(log), port, f"postgresql://tunery@{LOOPBACK}:{port}", command)
-    _wait_postgres(port, proc.pid, log)
-    _create_database(port, database)
+    with _stopped_on_failure(proc.pid, signal.SIGINT):
+        _wait_postgres(port, proc.pid, log)
+        _create_database(port, database)
     return service, f"postgresql+psycopg://tunery@{LOOPBACK}:{port}/{database}"
 
 
@@ -264,7 +279,8 @@ def start_mlflow(root: Path, backend_uri: str | None = None, port: int | None = 
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = spawn("mlflow", command, log, env)
     url = f"http://{LOOPBACK}:{port}"
-    wait_http(f"{url}/health", proc.pid, log)
+    with _stopped_on_failure(proc.pid):
+        wait_http(f"{url}/health", proc.pid, log)
     return Service("mlflow", proc.pid, str(log), port, url, command)
 
 
@@ -303,7 +319,8 @@ def start_prefect(root: Path, port: int | None = None, env: dict[str, str] | Non
     # hold the lock longer than the default 10 s statement timeout, which the API answers with 503.
     db = {"PREFECT_SERVER_DATABASE_TIMEOUT": os.environ.get("PREFECT_SERVER_DATABASE_TIMEOUT", "60")}
     proc = spawn("prefect", command, log, {**prefect_env(root), **ui, **db, **(env or {})})
-    wait_http(f"{url}/api/health", proc.pid, log)
+    with _stopped_on_failure(proc.pid):
+        wait_http(f"{url}/api/health", proc.pid, log)
     return Service("prefect", proc.pid, str(log), port, url, command)
 
 
