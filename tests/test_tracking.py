@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 
 from tunery.config import Recipe
 from tunery.tracking import client, tracking_uri
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_tracking_uri():
+    """These tests point MLflow's process-wide URI at temporary stores: put it back afterwards."""
+    before = mlflow.get_tracking_uri()
+    yield
+    mlflow.set_tracking_uri(before)
 
 
 def _recipe(tmp_path, uri: str | None = None) -> Recipe:

@@ -347,7 +347,9 @@ def state_file(root: Path) -> Path:
 def save_state(root: Path, services: list[Service], extra: dict | None = None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     doc = {"services": [asdict(s) for s in services], **(extra or {})}
-    tmp = Path(tempfile.mkstemp(dir=root, prefix=".state-")[1])
+    handle, name = tempfile.mkstemp(dir=root, prefix=".state-")
+    os.close(handle)
+    tmp = Path(name)
     tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     tmp.replace(state_file(root))
 

@@ -53,11 +53,11 @@ def live_stack(tmp_path_factory):
     up = _tunery(
         "stack", "up", "--root", str(root), "--prefect-port", ports[0], "--mlflow-port", ports[1], env=env
     )
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert f"Prefect UI: http://127.0.0.1:{ports[0]}" in up.stdout
-    assert f"MLflow UI:  http://127.0.0.1:{ports[1]}" in up.stdout
     state = stack.load_state(root)
-    try:
+    try:  # from here on, whatever fails, `down` stops what `up` started
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"Prefect UI: http://127.0.0.1:{ports[0]}" in up.stdout
+        assert f"MLflow UI:  http://127.0.0.1:{ports[1]}" in up.stdout
         yield {**state, "root": root, "env": env}
     finally:
         down = _tunery("stack", "down", "--root", str(root), env=env)
