@@ -305,9 +305,12 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
             page.screenshot(path=str(tmp_path / "submit-failed.png"))
             raise
         run_name = toast.evaluate("e => e.parentElement.innerText").split(" scheduled to start")[0].strip()
-        page.get_by_role("link", name=run_name, exact=True).first.click()
-        page.wait_for_url("**/runs/flow-run/**")
-        run_id = page.url.rstrip("/").split("/")[-1]
+        # the deployment's run list hides runs still Scheduled: open the run's page by its id
+        with _api(live_stack) as api:
+            found = api.post("/flow_runs/filter", json={"flow_runs": {"name": {"any_": [run_name]}}}).json()
+        assert len(found) == 1, found
+        run_id = found[0]["id"]
+        page.goto(f"{prefect_ui}/runs/flow-run/{run_id}", wait_until="domcontentloaded")
 
         badge, deadline = "", time.monotonic() + 600
         while time.monotonic() < deadline:
