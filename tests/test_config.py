@@ -125,8 +125,26 @@ def test_digest_changes_with_content(tmp_path):
         (["task=sft", "training.early_stopping_metric=macro_f1"], "must be 'loss' for task sft"),
         (["sft.packing=true"], "only applies to task sft"),
         (["distributed.hostfile=hosts"], "needs a DeepSpeed config"),
+        (["task=sft", "continuous.warm_start=base"], "supports task classification only"),
+        (["continuous.drift.action=ignore"], "continuous.drift.action"),
+        (["continuous.drift.auc_threshold=0.4"], "continuous.drift.auc_threshold"),
     ],
 )
 def test_impossible_combinations_fail_before_any_work(tmp_path, overrides, fragment):
     with pytest.raises(RecipeError, match=fragment):
         load_recipe(write(tmp_path, MINIMAL), overrides)
+
+
+def test_continuous_drop_zone_defaults_to_the_data_source_and_is_anchored(tmp_path):
+    from tunery.drops import zone_uri
+
+    recipe = resolve_paths(load_recipe(write(tmp_path, MINIMAL), ["continuous.settle_seconds=1"]), tmp_path)
+    assert zone_uri(recipe) == str(tmp_path / "data.csv")
+    zoned = resolve_paths(load_recipe(write(tmp_path, MINIMAL), ["continuous.drop_zone=drops"]), tmp_path)
+    assert zone_uri(zoned) == str(tmp_path / "drops")
+    remote = resolve_paths(
+        load_recipe(write(tmp_path, MINIMAL), ["continuous.drop_zone=s3://b/in"]), tmp_path
+    )
+    assert zone_uri(remote) == "s3://b/in"
+    with pytest.raises(ValueError, match="no `continuous` section"):
+        zone_uri(load_recipe(write(tmp_path, MINIMAL)))

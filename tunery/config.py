@@ -149,6 +149,11 @@ class ModelConfig(_Section):
         description="A catalogue name (see `tunery.models.CATALOGUE`), a local folder, or a hub id.",
     )
     max_length: int = Field(128, ge=8, le=8192, description="Maximum tokens per example (truncation).")
+    init_from: str | None = Field(
+        None,
+        description="Start training from these weights instead of `base` (a model folder exported by tunery "
+        "for the same task and labels, e.g. the champion's: warm start). Baselines still use `base`.",
+    )
 
 
 class LoraConfig(_Section):
@@ -300,6 +305,71 @@ class MlflowConfig(_Section):
         return v
 
 
+class DriftConfig(_Section):
+    """Drift between a new data drop and the history it joins (continuous learning)."""
+
+    psi_threshold: float = Field(
+        0.25, gt=0.0, description="Population stability index above which label or length drift is high."
+    )
+    vocabulary_psi_threshold: float = Field(
+        0.25,
+        gt=0.0,
+        description="PSI over the history's most frequent words above which vocabulary drift is high.",
+    )
+    auc_threshold: float = Field(
+        0.75,
+        gt=0.5,
+        le=1.0,
+        description="Classifier two-sample test: cross-validated ROC AUC (history vs drop) above which "
+        "drift is high.",
+    )
+    max_rows: int = Field(
+        4000, ge=100, description="Rows sampled from each side for the two-sample test (bounds its cost)."
+    )
+    action: Literal["warn", "pause", "block"] = Field(
+        "warn",
+        description="On high drift: warn and go on; pause for a human decision in the Prefect UI; "
+        "or block (the drop is rejected and not trained on).",
+    )
+    pause_timeout_minutes: float = Field(
+        24 * 60.0,
+        gt=0.0,
+        description="action pause: how long to wait for the decision; then the drop is rejected.",
+    )
+    seed: int = Field(0, description="Seed of the two-sample test's sampling and folds.")
+
+
+class ContinuousConfig(_Section):
+    """Continuous learning: retrain from files dropped into a folder or bucket."""
+
+    drop_zone: str | None = Field(
+        None, description="Folder or fsspec URI watched for new data files (default: `data.source`)."
+    )
+    patterns: list[str] = Field(
+        default_factory=lambda: ["*.csv", "*.tsv", "*.json", "*.jsonl", "*.parquet"],
+        min_length=1,
+        description="File name patterns of drops at the top of the zone (folder drops: see `_SUCCESS`).",
+    )
+    settle_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        description="A file is taken only when unchanged for this long (guards writers that cannot rename).",
+    )
+    reannounce_seconds: float = Field(
+        300.0, gt=0.0, description="Announce drops again when still pending after this long (a lost event)."
+    )
+    warm_start: Literal["champion", "base"] = Field(
+        "champion", description="Start each retrain from the champion's weights, or from `model.base`."
+    )
+    forgetting_margin: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Gate: no earlier drop's test rows may score lower than the champion by more than this.",
+    )
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
 class Recipe(_Section):
     """A complete fine-tuning recipe."""
 
@@ -317,6 +387,9 @@ class Recipe(_Section):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    continuous: ContinuousConfig | None = Field(
+        None, description="Continuous learning from a drop zone (the `continuous-learning` flow)."
+    )
     mlflow: MlflowConfig
     workdir: str = Field(".tunery", description="Folder for run outputs and the default MLflow store.")
 
@@ -339,6 +412,8 @@ class Recipe(_Section):
             raise ValueError("`training.early_stopping_metric` must be 'loss' for task sft")
         if self.task == "classification" and self.sft.packing:
             raise ValueError("`sft.packing` only applies to task sft")
+        if self.continuous is not None and self.task != "classification":
+            raise ValueError("`continuous` (learning from data drops) supports task classification only")
         if self.distributed.hostfile and ds == "none":
             raise ValueError(
                 "`distributed.hostfile` (multi-node) needs a DeepSpeed config in `distributed.deepspeed`"
@@ -432,4 +507,8 @@ def resolve_paths(recipe: Recipe, base_dir: str | Path) -> Recipe:
         update["data"] = recipe.data.model_copy(update={"source": str((base / src).resolve())})
     if not Path(recipe.workdir).is_absolute():
         update["workdir"] = str((base / recipe.workdir).resolve())
+    zone = recipe.continuous.drop_zone if recipe.continuous else None
+    if zone and "://" not in zone and not Path(zone).is_absolute():
+        anchored = str((base / zone).resolve())
+        update["continuous"] = recipe.continuous.model_copy(update={"drop_zone": anchored})
     return recipe.model_copy(update=update)

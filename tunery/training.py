@@ -206,7 +206,11 @@ def train(
     if recipe.training.num_threads:
         torch.set_num_threads(recipe.training.num_threads)
     set_seed(recipe.training.seed)
-    base_path = resolve_model(recipe.model.base)
+    # A warm start (model.init_from, e.g. the champion's exported folder) replaces the weights, not the
+    # recipe's base: the tokenizer is the same, and PEFT adapters are exported on top of these weights.
+    base_path = resolve_model(recipe.model.init_from or recipe.model.base)
+    if recipe.model.init_from and _is_main():
+        print(f"tunery: warm start from {base_path}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     labels = (
         label_list(recipe, pd.read_parquet(layout.split("train")))
