@@ -213,7 +213,7 @@ def test_markdown_mentions_each_measure_and_the_verdict(reports):
     drifted = drift_markdown(reports["other_domain"][0])
     calm = drift_markdown(reports["same"][0])
     for text in (drifted, calm):
-        assert "| measure | value | threshold | high? |" in text
+        assert "| measure | value | no-drift level | judged | threshold | high? |" in text
         for measure in MEASURES:
             assert f"| {measure} |" in text
     assert "**drifted** (action: warn)" in drifted and "- high: two-sample AUC" in drifted

@@ -120,3 +120,28 @@ def test_gate_on_real_bootstraps():
     assert tiny["model"]["macro_f1"] > tiny["champion"]["macro_f1"]
     decision = decide(tiny, GateConfig())
     assert decision.alias == "challenger" and "includes 0" in decision.reason
+
+
+def _forgetting(passed: bool) -> dict:
+    slices = {"d1": {"delta": -0.31, "ci_low": -0.45, "ci_high": -0.2, "forgotten": not passed}}
+    return {
+        "metric": "macro_f1",
+        "margin": 0.02,
+        "slices": slices,
+        "forgotten": [] if passed else ["d1"],
+        "passed": passed,
+    }
+
+
+def test_a_challenger_that_forgot_an_earlier_drop_is_not_promoted_even_when_better_overall():
+    better = metrics(0.95, 0.90, ci=(0.02, 0.08))
+    assert decide(better, GateConfig()).alias == "champion"
+    decision = decide({**better, "forgetting": _forgetting(passed=False)}, GateConfig())
+    assert decision.alias == "challenger"
+    assert "forgets earlier data" in decision.reason and "drop d1 -0.3100" in decision.reason
+    assert decide({**better, "forgetting": _forgetting(passed=True)}, GateConfig()).alias == "champion"
+
+
+def test_forgetting_does_not_apply_without_a_champion():
+    decision = decide({**metrics(0.5, None), "forgetting": _forgetting(passed=False)}, GateConfig())
+    assert decision.alias == "champion"

@@ -73,11 +73,24 @@ def decide(metrics: dict, gate: GateConfig, task: str = "classification") -> Gat
       ``resamples``), is above 0.
 
     Without a bootstrap block for the primary metric (e.g. metrics written by hand) only the margin rule
-    applies, and the reason says so. Otherwise the challenger stays a challenger.
+    applies, and the reason says so. Otherwise the challenger stays a challenger. A challenger that failed
+    the forgetting check (``metrics["forgetting"]["passed"]`` false: continuous learning) is never promoted.
     """
     key = gate.metric(task)
     score = metrics["model"][key]
     champion = metrics.get("champion")
+    forgetting = metrics.get("forgetting")
+    if champion and isinstance(forgetting, dict) and not forgetting.get("passed", True):
+        slices = forgetting.get("slices", {})
+        worst = ", ".join(
+            f"drop {d} {slices[d]['delta']:+.4f} {forgetting.get('metric', key)}"
+            for d in forgetting["forgotten"]
+        )
+        reason = (
+            f"forgets earlier data: {worst} vs champion (margin {forgetting.get('margin', 0):.4f}, "
+            "95% CI below 0): not promoted"
+        )
+        return GateDecision(CHALLENGER, reason, score, champion[key])
     if not champion:
         return GateDecision(CHAMPION, f"no champion yet ({key} {score:.4f})", score, None)
     best = champion[key]
@@ -184,6 +197,26 @@ def _split_digest_tags(layout: RunLayout) -> dict[str, str]:
     }
 
 
+def _lineage_tags(layout: RunLayout) -> dict[str, str]:
+    """Continuous learning: the dataset version and its drops (ids and content hashes) as version tags."""
+    path = layout.root / "lineage.json"
+    if not path.exists():
+        return {}
+    lineage = json.loads(path.read_text(encoding="utf-8"))
+    drops = [f"{d['id']}:{d['sha256']}" for d in lineage["drops"]]
+    tags = {
+        "tunery.dataset.version": str(lineage["dataset_version"]),
+        "tunery.drops.count": str(len(drops)),
+        "tunery.drops.new": ",".join(lineage["new_drops"]),
+    }
+    listing = ",".join(drops)
+    # MLflow caps a tag value at 5,000 characters; the full list is always in the run's lineage/lineage.json
+    tags["tunery.drops"] = (
+        listing if len(listing) <= 5000 else f"{len(drops)} drops: see lineage/lineage.json"
+    )
+    return tags
+
+
 def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     """Log the model into the run, register it as a new version and alias it by the gate.
 
@@ -220,6 +253,7 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
         "tunery.recipe_digest": recipe.digest(),
         "tunery.git_commit": git_commit(),
         **_split_digest_tags(layout),
+        **_lineage_tags(layout),
         f"tunery.test.{recipe.evaluation.gate.metric(recipe.task)}": f"{decision.challenger_score:.6f}",
     }
     if decision.ci_low is not None:

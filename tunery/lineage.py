@@ -1,0 +1,100 @@
+"""Which drops a registered model version was trained on (continuous learning's lineage)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+
+class LineageError(ValueError):
+    """The model reference cannot be resolved, or the version has no lineage."""
+
+
+def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """``NAME@ALIAS``, ``NAME@VERSION``, ``NAME/VERSION`` or ``NAME`` (champion) -> (name, alias, version)."""
+    name, sep, rest = reference.partition("@")
+    if not sep:
+        name, sep, rest = reference.partition("/")
+        if sep and not rest.isdigit():
+            raise LineageError(f"{reference!r}: expected NAME@ALIAS, NAME@VERSION or NAME/VERSION")
+    if not name or (sep and not rest):
+        raise LineageError(f"{reference!r}: expected NAME@ALIAS, NAME@VERSION or NAME/VERSION")
+    if not sep:
+        return name, "champion", None
+    return (name, None, rest) if re.fullmatch(r"\d+", rest) else (name, rest, None)
+
+
+def lineage(reference: str, tracking_uri: str) -> dict:
+    """The lineage of a registered model version.
+
+    Returns:
+        ``model``, ``version``, ``aliases``, ``run_id``, ``dataset_version``, ``drops`` (id, sha256, name,
+        uri, arrived_at, rows per drop) and ``new_drops`` (those the version's run added).
+
+    Raises:
+        LineageError: unknown model/alias/version, or a version not trained by continuous learning.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, alias, number = parse_reference(reference)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, number)
+        )
+    except MlflowException as exc:
+        raise LineageError(f"{reference}: no such model version ({exc.message})") from None
+    tags = mv.tags or {}
+    if "tunery.dataset.version" not in tags:
+        raise LineageError(
+            f"{name} version {mv.version} has no drop lineage (it was not trained by continuous learning)"
+        )
+    scratch = tempfile.mkdtemp(prefix="tunery-lineage-")
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id,
+            artifact_path="lineage/lineage.json",
+            dst_path=scratch,
+            tracking_uri=tracking_uri,
+        )
+        record = json.loads(Path(local).read_text(encoding="utf-8"))
+    except (MlflowException, OSError):
+        # the artifact store is unreachable: the version's tags still name every drop (id:sha256)
+        drops = [
+            dict(zip(("id", "sha256"), d.split(":", 1), strict=True)) for d in tags["tunery.drops"].split(",")
+        ]
+        record = {
+            "dataset_version": int(tags["tunery.dataset.version"]),
+            "drops": drops,
+            "new_drops": [d for d in tags.get("tunery.drops.new", "").split(",") if d],
+        }
+    return {
+        "model": name,
+        "version": str(mv.version),
+        "aliases": list(mv.aliases or []),
+        "run_id": mv.run_id,
+        **{k: record[k] for k in ("dataset_version", "drops", "new_drops")},
+    }
+
+
+def lineage_text(info: dict) -> str:
+    """A plain-text table of a lineage, for the terminal."""
+    aliases = f" ({', '.join(info['aliases'])})" if info["aliases"] else ""
+    lines = [
+        f"{info['model']} version {info['version']}{aliases}: run {info['run_id']}",
+        f"dataset version {info['dataset_version']}, {len(info['drops'])} drop(s); new in this version: "
+        f"{', '.join(info['new_drops']) or 'none'}",
+        f"{'drop':<17} {'sha256':<64} {'rows':>6}  {'arrived (UTC)':<24} name",
+    ]
+    for d in info["drops"]:
+        rows = d.get("rows", "")
+        lines.append(
+            f"{d['id']:<17} {d['sha256']:<64} {rows!s:>6}  {d.get('arrived_at', ''):<24} {d.get('name', '')}"
+        )
+    return "\n".join(lines)
