@@ -154,6 +154,75 @@ def score(
     typer.secho(f"wrote {out}", fg=typer.colors.GREEN)
 
 
+@app.command()
+def lineage(model: ModelArg, tracking_uri: TrackingOpt = None) -> None:
+    """Print the data drops a registered model version was trained on (NAME@ALIAS or NAME@VERSION)."""
+    from tunery import scoring
+    from tunery.lineage import LineageError, lineage_text
+    from tunery.lineage import lineage as read_lineage
+
+    try:
+        info = read_lineage(model, tracking_uri or scoring.default_tracking_uri())
+    except LineageError as exc:
+        _fail(str(exc))
+    typer.echo(lineage_text(info))
+
+
+@app.command()
+def continuous(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Scan the recipe's drop zone once and retrain on new drops (ephemeral Prefect, or PREFECT_API_URL).
+
+    On a Prefect server, the ``watch-drops`` and ``continuous-learning`` deployments do this on their own.
+    """
+    overrides = overrides or []
+    checked = _checked_recipe(recipe, overrides)
+    if checked.continuous is None:
+        _fail(f"recipe {recipe} has no `continuous` section")
+    _prepare_environment(checked)
+    from flows.continuous import continuous_learning, watch_drops  # lazy: Prefect stays out of the library
+
+    try:
+        found = watch_drops(recipe_path=str(recipe), overrides=overrides)
+        typer.echo(
+            f"drop zone: {len(found['new'])} new drop(s), {len(found['duplicates'])} already seen content"
+        )
+        result = continuous_learning(recipe_path=str(recipe), overrides=overrides)
+    except Exception as exc:
+        _fail(f"continuous learning failed: {type(exc).__name__}: {exc}")
+    if result["status"] == "up to date":
+        typer.echo(f"dataset version {result['version']}: up to date, nothing to train")
+        return
+    _print_result(result, checked, 0.0)
+
+
+drops_app = typer.Typer(no_args_is_help=True, help="The drop-zone manifest of a continuous-learning recipe.")
+app.add_typer(drops_app, name="drops")
+
+
+@drops_app.command("list")
+def drops_list(recipe: RecipeArg) -> None:
+    """List every drop of the recipe's zone: id, status, dataset version, name, detail."""
+    from tunery.drops import Manifest
+
+    checked = resolve_paths(load_recipe(recipe), Path.cwd())
+    for d in Manifest.of(checked).drops():
+        version = "" if d.version is None else f"v{d.version}"
+        typer.echo(f"{d.id}  {d.status:<9} {version:<6} {d.arrived_at}  {d.name}  {d.detail}".rstrip())
+
+
+@drops_app.command("requeue")
+def drops_requeue(recipe: RecipeArg, drop_id: Annotated[str, typer.Argument(help="Drop id.")]) -> None:
+    """Put a failed, rejected or held drop back in line for the next retrain."""
+    from tunery.drops import Manifest
+
+    checked = resolve_paths(load_recipe(recipe), Path.cwd())
+    try:
+        drop = Manifest.of(checked).requeue(drop_id)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc).strip("'\""))
+    typer.echo(f"drop {drop.id} ({drop.name}) is pending again")
+
+
 stack_app = typer.Typer(no_args_is_help=True, help="A local Prefect + MLflow stack on 127.0.0.1.")
 app.add_typer(stack_app, name="stack")
 StackDirOpt = Annotated[Path, typer.Option(help="Where the stack keeps its state, databases and logs.")]

@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 from tunery import stack
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -357,20 +357,195 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
     assert (workdir / "runs").is_dir(), "the run used the workdir typed into the UI"
 
 
-def test_a_burst_of_drop_events_starts_one_continuous_learning_run(live_stack, tmp_path):
-    """Two `tunery.drop.arrived` events from one drop zone within a minute: the deployment trigger in
-    prefect.yaml starts exactly one run, with the recipe named in the event's payload."""
-    import uuid
+def _sms_rows(n_from: int, n_to: int):
+    import csv
 
+    import pandas as pd
+
+    full = pd.read_csv(
+        SHARED_DATA / "sms_spam" / "SMSSpamCollection",
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+    )
+    return full.sample(frac=1.0, random_state=2).iloc[n_from:n_to]
+
+
+def _drop_file(rows, zone: Path, name: str) -> None:
+    """The writer's side of the protocol: write under a temporary name, then rename atomically."""
+    import csv
+
+    part = zone / f"{name}.part"
+    rows.to_csv(part, sep="\t", index=False, quoting=csv.QUOTE_NONE)
+    part.rename(zone / name)
+
+
+def _versions(mlflow_url: str, name: str) -> list:
+    import mlflow
+
+    return sorted(
+        mlflow.MlflowClient(mlflow_url).search_model_versions(f"name = '{name}'"),
+        key=lambda v: int(v.version),
+    )
+
+
+def _wait_versions(mlflow_url: str, name: str, predicate, timeout: float) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _versions(mlflow_url, name)
+        if predicate(found):
+            return found
+        time.sleep(3)
+    raise AssertionError(f"model versions of {name} after {timeout:.0f} s: {[v.version for v in found]}")
+
+
+@pytest.fixture(scope="module")
+def drop_zone_runs(live_stack, tmp_path_factory):
+    """The watcher on a real schedule, the event trigger, the worker: three sms_spam slices are dropped
+    into the zone, the first alone, then two at once; a half-written file sits there all along."""
     import yaml
 
-    recipe = yaml.safe_load((REPO / "configs" / "helpdesk.yaml").read_text())
-    recipe["data"]["source"] = str(REPO / recipe["data"]["source"])
-    recipe["training"]["max_steps"] = 2
-    recipe["workdir"] = str(tmp_path / "work")
-    recipe["mlflow"]["registered_model"] = "helpdesk-drops"
-    recipe_path = tmp_path / "drops.yaml"
+    folder = tmp_path_factory.mktemp("drop-zone")
+    zone = folder / "zone"
+    zone.mkdir()
+    recipe = {
+        "name": "sms-stack-drops",
+        "data": {
+            "source": str(zone),
+            "text_columns": ["SMS"],
+            "label_column": "Label",
+            "labels": ["ham", "spam"],
+        },
+        "model": {"base": "minilm", "max_length": 64},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1.0e-4},
+        "continuous": {"settle_seconds": 0, "reannounce_seconds": 30},
+        "mlflow": {"registered_model": "sms-stack-drops", "tracking_uri": live_stack["mlflow_url"]},
+        "workdir": str(folder / "work"),
+    }
+    recipe_path = folder / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe))
+    (zone / "drop-4.tsv.part").write_text("Label\tSMS\nham\tstill being wri")  # a writer not done yet
+    with _api(live_stack) as api:
+        watcher = _deployment_id(api, "watch-drops", "watch-drops")
+        learner = _deployment_id(api, "continuous-learning", "continuous-learning")
+        # the deployed every-minute schedule watches the demo recipe's zone: replace it by one on ours
+        for schedule in api.get(f"/deployments/{watcher}/schedules").json():
+            api.delete(f"/deployments/{watcher}/schedules/{schedule['id']}")
+        for run in _runs_of(api, watcher):
+            if run["state"]["type"] == "SCHEDULED":
+                api.delete(f"/flow_runs/{run['id']}")
+        schedule = {
+            "schedule": {"interval": 15, "timezone": "UTC"},
+            "active": True,
+            "parameters": {"recipe_path": str(recipe_path), "overrides": []},
+        }
+        reply = api.post(f"/deployments/{watcher}/schedules", json=[schedule])
+        assert reply.status_code == 201, reply.text
+        _drop_file(_sms_rows(0, 600), zone, "drop-1.tsv")
+        first = _wait_versions(live_stack["mlflow_url"], "sms-stack-drops", lambda v: len(v) >= 1, 600)
+        _drop_file(_sms_rows(600, 1200), zone, "drop-2.tsv")
+        _drop_file(_sms_rows(1200, 1800), zone, "drop-3.tsv")
+
+        def all_three(found: list) -> bool:
+            return bool(found) and found[-1].tags.get("tunery.drops.count") == "3"
+
+        final = _wait_versions(live_stack["mlflow_url"], "sms-stack-drops", all_three, 900)
+        # stop the schedule, wait for the runs in flight, then restart the watcher once by hand
+        for schedule in api.get(f"/deployments/{watcher}/schedules").json():
+            api.delete(f"/deployments/{watcher}/schedules/{schedule['id']}")
+        for run in _runs_of(api, watcher):
+            if run["state"]["type"] == "SCHEDULED":
+                api.delete(f"/flow_runs/{run['id']}")
+        busy = [
+            r["id"]
+            for r in _runs_of(api, watcher) + _runs_of(api, learner)
+            if r["state"]["type"] not in FINAL
+        ]
+        _wait_final(api, busy, timeout=600)
+        learned_before = len(_runs_of(api, learner))
+        reply = api.post(
+            f"/deployments/{watcher}/create_flow_run",
+            json={"parameters": {"recipe_path": str(recipe_path), "overrides": []}},
+        )
+        assert reply.status_code == 201, reply.text
+        restart = _wait_final(api, [reply.json()["id"]], timeout=300)[reply.json()["id"]]
+        time.sleep(20)  # an event from the restarted watcher would start a run within seconds
+        watch_runs = [r for r in _runs_of(api, watcher) if r["state"]["type"] == "COMPLETED"]
+        learn_runs = _runs_of(api, learner)
+        restart_result = api.get(f"/flow_runs/{reply.json()['id']}").json()
+    return {
+        "recipe_path": recipe_path,
+        "zone": zone,
+        "first": first,
+        "final": final,
+        "restart": restart,
+        "restart_result": restart_result,
+        "watch_runs": watch_runs,
+        "learn_runs": learn_runs,
+        "learned_before": learned_before,
+    }
+
+
+def test_drops_are_each_processed_once_with_the_right_lineage(live_stack, drop_zone_runs):
+    from tunery.config import load_recipe
+    from tunery.drops import Manifest
+    from tunery.lineage import lineage
+
+    runs = drop_zone_runs
+    assert all(r["state"]["type"] == "COMPLETED" for r in runs["learn_runs"]), [
+        (r["name"], r["state"]["type"]) for r in runs["learn_runs"]
+    ]
+    assert len(runs["watch_runs"]) >= 3, "the schedule ran the watcher repeatedly"
+    manifest = Manifest.of(load_recipe(runs["recipe_path"]))
+    drops = manifest.drops()
+    assert sorted(d.name for d in drops) == ["drop-1.tsv", "drop-2.tsv", "drop-3.tsv"]
+    assert all(d.status == "committed" for d in drops)
+    ids = {d.name: d.id for d in drops}
+    versions = _versions(live_stack["mlflow_url"], "sms-stack-drops")
+    # every drop was new in exactly one model version (each drop trained into the data once)
+    new_in = [d for v in versions for d in v.tags["tunery.drops.new"].split(",") if d]
+    assert sorted(new_in) == sorted(ids.values())
+    first = lineage("sms-stack-drops@1", live_stack["mlflow_url"])
+    assert [d["id"] for d in first["drops"]] == [ids["drop-1.tsv"]]
+    last = lineage(f"sms-stack-drops@{versions[-1].version}", live_stack["mlflow_url"])
+    assert {d["id"] for d in last["drops"]} == set(ids.values())
+    assert {d["sha256"][:16] for d in last["drops"]} == set(ids.values())  # id = content hash prefix
+    # one retrain per model version: a burst never trains the same data twice
+    assert len(runs["learn_runs"]) == len(versions)
+    cli = _tunery(
+        "lineage",
+        f"sms-stack-drops@{versions[-1].version}",
+        "--tracking-uri",
+        live_stack["mlflow_url"],
+        env=live_stack["env"],
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert all(drop_id in cli.stdout for drop_id in ids.values())
+
+
+def test_a_half_written_file_is_never_ingested(drop_zone_runs):
+    from tunery.config import load_recipe
+    from tunery.drops import Manifest
+
+    names = [d.name for d in Manifest.of(load_recipe(drop_zone_runs["recipe_path"])).drops()]
+    assert "drop-4.tsv.part" not in names and (drop_zone_runs["zone"] / "drop-4.tsv.part").exists()
+
+
+def test_restarting_the_watcher_reprocesses_nothing(drop_zone_runs):
+    runs = drop_zone_runs
+    assert runs["restart"]["state"]["type"] == "COMPLETED"
+    assert len(runs["learn_runs"]) == runs["learned_before"], "the restarted watcher started a retrain"
+
+
+def test_a_burst_of_drop_events_starts_one_continuous_learning_run(live_stack, drop_zone_runs):
+    """Two `tunery.drop.arrived` events from one drop zone within a minute: the deployment trigger in
+    prefect.yaml starts exactly one run, with the recipe named in the event's payload (here nothing is
+    pending any more, so the run finds the dataset up to date)."""
+    import uuid
+
+    recipe_path = drop_zone_runs["recipe_path"]
 
     def event(name: str) -> dict:
         return {
@@ -382,16 +557,17 @@ def test_a_burst_of_drop_events_starts_one_continuous_learning_run(live_stack, t
         }
 
     with _api(live_stack) as api:
-        deployment = _deployment_id(api, "finetune", "continuous-learning")
+        deployment = _deployment_id(api, "continuous-learning", "continuous-learning")
+        before = {r["id"] for r in _runs_of(api, deployment)}
         reply = api.post("/events", json=[event("drop-1.csv"), event("drop-2.csv")])
         assert reply.status_code == 204, reply.text
         deadline, runs = time.monotonic() + 90, []
         while not runs and time.monotonic() < deadline:
-            runs = _runs_of(api, deployment)
+            runs = [r for r in _runs_of(api, deployment) if r["id"] not in before]
             time.sleep(2)
         assert runs, "the drop event started no run in 90 s"
         final = _wait_final(api, [runs[0]["id"]], timeout=600)[runs[0]["id"]]
         assert final["state"]["type"] == "COMPLETED"
         assert final["parameters"]["recipe_path"] == str(recipe_path)
-        assert len(_runs_of(api, deployment)) == 1, "a burst of drops gives one retrain"
-    assert (tmp_path / "work" / "runs").is_dir()
+        time.sleep(5)
+        assert len([r for r in _runs_of(api, deployment) if r["id"] not in before]) == 1, "one retrain"
