@@ -324,7 +324,7 @@ class DriftConfig(_Section):
         "drift is high.",
     )
     max_rows: int = Field(
-        4000, ge=100, description="Rows sampled from each side for the two-sample test (bounds its cost)."
+        4000, ge=100, description="Rows sampled from each side for every drift measure (bounds the cost)."
     )
     action: Literal["warn", "pause", "block"] = Field(
         "warn",

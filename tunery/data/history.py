@@ -156,11 +156,10 @@ class DropDataset:
             cleaned = clean(ingested, recipe.cleaning, recipe.data.labels, work / ".arrow", tokenizer)
             seconds["clean"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            kept, not_kept, stats = _dedup_against(cleaned.kept, history, recipe, drop.id)
+            kept, not_kept, stats, signatures = _dedup_against(cleaned.kept, history, drop.id)
             kept["split"] = assign(
                 cluster_buckets(kept["text"].tolist(), recipe.split.seed, None), recipe.split
             )
-            signatures = history.near.signatures(kept["text"].tolist()) if history.near is not None else None
             seconds["dedup_split"] = time.perf_counter() - clock
             clock = time.perf_counter()
             quarantine = pd.concat([cleaned.quarantined, not_kept], ignore_index=True)
@@ -228,13 +227,14 @@ def _exact(uri: str) -> str:
 
 
 def _dedup_against(
-    kept: pd.DataFrame, history: History, recipe: Recipe, drop_id: str
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Remove rows whose text the history already has (exact, or near when the recipe says so).
+    kept: pd.DataFrame, history: History, drop_id: str
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray | None]:
+    """Remove rows whose text the history already has (exact, or near when the history has a MinHash index).
 
     Returns:
-        The rows kept (with ``key`` and ``drop_id``), the rows not kept (quarantine-table columns), and
-        counts ``history_exact``, ``history_near``, ``history_conflicts``.
+        The rows kept (with ``key`` and ``drop_id``), the rows not kept (quarantine-table columns), counts
+        ``history_exact``, ``history_near``, ``history_conflicts``, and the kept rows' MinHash signatures
+        (None without near dedup), computed once for the query and for the history.
     """
     kept = kept.reset_index(drop=True).copy()
     kept["key"] = normalise_many(kept["text"].tolist())
@@ -252,9 +252,10 @@ def _dedup_against(
         )
     exact = int((reason != "").sum())
     near = 0
+    signatures = history.near.signatures(kept["text"].tolist()) if history.near is not None else None
     if history.near is not None and len(history.near):
         open_rows = kept.index[reason == ""]
-        hits = history.near.query(history.near.signatures(kept.loc[open_rows, "text"].tolist()))
+        hits = history.near.query(signatures[open_rows.to_numpy()])
         for i, found in zip(open_rows, hits, strict=True):
             if found:
                 other_label = history.labels[found[0]]
@@ -280,7 +281,9 @@ def _dedup_against(
         "history_conflicts": int((reason == "conflicting_duplicate").sum()),
         "history_near": near,
     }
-    return kept[reason == ""].reset_index(drop=True), not_kept, stats
+    keep = (reason == "").to_numpy()
+    kept_signatures = signatures[keep] if signatures is not None else None
+    return kept[keep].reset_index(drop=True), not_kept, stats, kept_signatures
 
 
 def _drop_report(drop: Drop, clean_stats: dict, history_stats: dict, kept: pd.DataFrame) -> dict:
