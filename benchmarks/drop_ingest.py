@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "drops": args.drops,
             "rows_per_drop": args.rows,
             "repeats": args.repeats,
-            "data": "sms_spam",
+            "data": args.dataset,
         },
         "per_drop_median": per_drop,
         "ratio_last_over_first": ratios,

@@ -29,6 +29,7 @@ from tasks.continuous import (
     warm_start,
 )
 from tasks.model import close_run, evaluate_model, open_run, register_model, train_model
+from tunery import continuous
 from tunery.config import Recipe, RecipeError, load_recipe, resolve_paths
 
 
@@ -66,10 +67,11 @@ def _drift_decision(recipe: Recipe, update: dict) -> dict:
         decision = pause_flow_run(
             wait_for_input=DriftDecision, timeout=int(minutes * 60), key="drift-decision"
         )
-        approve, note = decision.approve, decision.note
     except FlowPauseTimeout:
-        approve, note = False, f"no decision within {minutes:g} minutes"
-    resolved = resolve_held_drops(recipe, str(flow_run.id), approve, note)
+        # the server fails a run whose pause expired and lets none of its tasks start: call the library
+        continuous.resolve_held(recipe, str(flow_run.id), False, f"no decision within {minutes:g} minutes")
+        raise
+    resolved = resolve_held_drops(recipe, str(flow_run.id), decision.approve, decision.note)
     return {
         **update,
         "version": resolved["version"],

@@ -35,6 +35,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def read_sms_spam(data_root: Path):
+    """All 5,574 rows of sms_spam (columns Label, SMS). QUOTE_NONE: some messages hold a lone '"' that a
+    quoting reader would take as the start of a field spanning the next rows."""
+    import csv
+
+    import pandas as pd
+
+    return pd.read_csv(
+        data_root / "sms_spam" / "SMSSpamCollection",
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A tiny randomly initialised BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved locally."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import read_sms_spam
 from tunery.config import DriftConfig
 from tunery.drift import (
     classifier_two_sample_test,
@@ -115,13 +115,7 @@ def test_two_sample_test_uses_fewer_folds_for_a_small_side():
 
 @pytest.fixture(scope="module")
 def sms(shared_data) -> pd.DataFrame:
-    frame = pd.read_csv(
-        shared_data / "sms_spam" / "SMSSpamCollection",
-        sep="\t",
-        dtype=str,
-        keep_default_na=False,
-        quoting=csv.QUOTE_NONE,
-    )  # QUOTE_NONE: some messages hold a lone '"' that would swallow the next rows
+    frame = read_sms_spam(shared_data)
     assert len(frame) == 5574
     return frame.rename(columns={"Label": "label", "SMS": "text"}).sample(frac=1.0, random_state=0)
 

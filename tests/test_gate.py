@@ -145,3 +145,32 @@ def test_a_challenger_that_forgot_an_earlier_drop_is_not_promoted_even_when_bett
 def test_forgetting_does_not_apply_without_a_champion():
     decision = decide({**metrics(0.5, None), "forgetting": _forgetting(passed=False)}, GateConfig())
     assert decision.alias == "champion"
+
+
+def test_no_promotion_over_a_champion_that_another_run_made_meanwhile(tmp_path):
+    """Two retrains overlap: the one that finishes second was compared with the old champion only."""
+    from tunery.config import DataConfig, MlflowConfig, Recipe
+    from tunery.registry import GateDecision, _still_current
+    from tunery.tracking import client
+
+    recipe = Recipe(
+        name="gate",
+        data=DataConfig(source="x.csv"),
+        mlflow=MlflowConfig(registered_model="gate-model", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"),
+        workdir=str(tmp_path),
+    )
+    mlf = client(recipe)  # a real MLflow store (SQLite)
+    mlf.create_registered_model("gate-model")
+    for _ in range(2):
+        mlf.create_model_version("gate-model", source=str(tmp_path))
+    mlf.set_registered_model_alias("gate-model", "champion", "1")
+    promote = GateDecision("champion", "better", 0.9, 0.8)
+    assert _still_current(recipe, {"champion_version": "1"}, promote) == promote
+    keep = GateDecision("challenger", "worse", 0.7, 0.8)
+    assert _still_current(recipe, {"champion_version": "1"}, keep) == keep
+    mlf.set_registered_model_alias("gate-model", "champion", "2")  # another run promoted version 2
+    late = _still_current(recipe, {"champion_version": "1"}, promote)
+    assert late.alias == "challenger"
+    assert "champion changed during this run (version 1 -> version 2)" in late.reason
+    first = _still_current(recipe, {"champion_version": None}, promote)  # "no champion yet" is stale too
+    assert first.alias == "challenger" and "(no champion -> version 2)" in first.reason

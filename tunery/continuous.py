@@ -85,6 +85,7 @@ def update_dataset(recipe: Recipe, owner: str) -> dict:
     }
     with dataset.lock():
         reconcile(manifest, dataset)
+        result["rejected"] = expire_held(recipe, manifest)
         pending = manifest.drops("pending")
         latest = dataset.latest()
         staged = _stage_all(recipe, dataset, latest, pending, manifest, result["failed"])
@@ -105,10 +106,32 @@ def update_dataset(recipe: Recipe, owner: str) -> dict:
             else:
                 detail = "rejected: high drift (drift.action block): " + "; ".join(report["high"])
                 manifest.set_status([d.id for d in staged], "rejected", detail=detail)
-                result["rejected"] = [d.id for d in staged]
+                result["rejected"] += [d.id for d in staged]
+        # drops this owner holds, including from an earlier try of this task (a retry must still pause)
+        result["held"] = [d.id for d in manifest.drops("held") if d.owner == owner]
         latest = dataset.latest()
     result["version"] = latest["version"] if latest else None
     return result
+
+
+HELD_GRACE_MINUTES = 10.0
+
+
+def expire_held(recipe: Recipe, manifest: Manifest, now: float | None = None) -> list[str]:
+    """Reject drops held for a drift decision longer than ``pause_timeout_minutes`` (plus a grace period):
+    their run timed out, crashed or was cancelled while paused, and nobody decided. Returns their ids."""
+    import time
+
+    limit = (recipe.continuous.drift.pause_timeout_minutes + HELD_GRACE_MINUTES) * 60
+    now = time.time() if now is None else now
+    stale = [
+        d.id for d in manifest.drops("held") if now - datetime.fromisoformat(d.updated_at).timestamp() > limit
+    ]
+    if stale:
+        minutes = recipe.continuous.drift.pause_timeout_minutes
+        detail = f"rejected: high drift and no decision within {minutes:g} minutes (the paused run ended)"
+        manifest.set_status(stale, "rejected", detail=detail)
+    return stale
 
 
 def _commit(dataset: DropDataset, manifest: Manifest, staged: list[Drop], detail: str) -> list[str]:
@@ -179,6 +202,7 @@ def resolve_held(recipe: Recipe, owner: str, approve: bool, note: str = "") -> d
     committed while they waited (the staging is redone when the history changed)."""
     manifest, dataset = Manifest.of(recipe), DropDataset.of(recipe)
     with dataset.lock():
+        reconcile(manifest, dataset)  # a retried call whose commit landed: those drops are committed now
         held = [d for d in manifest.drops("held") if d.owner == owner]
         if not held:
             latest = dataset.latest()
@@ -302,6 +326,11 @@ def warm_start(recipe: Recipe, layout: RunLayout) -> tuple[Recipe, str]:
     folder = _download_model_dir(recipe, version, layout.root / "warm_start")
     meta = json.loads((folder / MODEL_META).read_text(encoding="utf-8"))
     labels = label_list(recipe, pd.read_parquet(layout.split("train")))
+    if meta.get("export_format") == "adapter":
+        return recipe, (
+            f"champion version {version} is an adapter export ({meta.get('method')}): its virtual tokens "
+            f"cannot seed a new model, training starts from the base model {recipe.model.base}"
+        )
     if recipe.task == "classification" and meta.get("labels") != labels:
         return recipe, (
             f"champion version {version} has labels {meta.get('labels')}, this data {labels}: "

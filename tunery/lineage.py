@@ -64,11 +64,14 @@ def lineage(reference: str, tracking_uri: str) -> dict:
             tracking_uri=tracking_uri,
         )
         record = json.loads(Path(local).read_text(encoding="utf-8"))
-    except (MlflowException, OSError):
+    except (MlflowException, OSError) as exc:
         # the artifact store is unreachable: the version's tags still name every drop (id:sha256)
-        drops = [
-            dict(zip(("id", "sha256"), d.split(":", 1), strict=True)) for d in tags["tunery.drops"].split(",")
-        ]
+        listing = tags.get("tunery.drops", "")
+        if not listing or " " in listing:  # absent, or shortened to "N drops: see lineage/lineage.json"
+            raise LineageError(
+                f"{name} version {mv.version}: lineage/lineage.json unreadable ({exc})"
+            ) from None
+        drops = [dict(zip(("id", "sha256"), d.split(":", 1), strict=True)) for d in listing.split(",")]
         record = {
             "dataset_version": int(tags["tunery.dataset.version"]),
             "drops": drops,

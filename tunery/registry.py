@@ -217,6 +217,19 @@ def _lineage_tags(layout: RunLayout) -> dict[str, str]:
     return tags
 
 
+def _still_current(recipe: Recipe, metrics: dict, decision: GateDecision) -> GateDecision:
+    """No promotion over a champion this run was not compared with (another run promoted one meanwhile)."""
+    if decision.alias != CHAMPION:
+        return decision
+    compared = metrics.get("champion_version")
+    now = current_champion(recipe)
+    if now is None or str(now) == str(compared):
+        return decision
+    was = f"version {compared}" if compared else "no champion"
+    reason = f"the champion changed during this run ({was} -> version {now}), so it was not compared with it"
+    return GateDecision(CHALLENGER, f"{reason}: not promoted", decision.challenger_score, None)
+
+
 def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     """Log the model into the run, register it as a new version and alias it by the gate.
 
@@ -243,9 +256,8 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
-    decision = decide(metrics, recipe.evaluation.gate, recipe.task)
+    decision = _still_current(recipe, metrics, decide(metrics, recipe.evaluation.gate, recipe.task))
     mlf = client(recipe)
-    mlf.set_registered_model_alias(name, decision.alias, version)
     tags = {
         "tunery.gate.decision": decision.alias,
         "tunery.gate.reason": decision.reason,
@@ -261,6 +273,8 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     for key, value in tags.items():
         mlf.set_model_version_tag(name, version, key, value)
     mlf.set_tag(run_id, "tunery.gate", json.dumps(asdict(decision)))
+    # the alias last: a version is never champion without its gate and lineage tags
+    mlf.set_registered_model_alias(name, decision.alias, version)
     return Registration(
         model_name=name,
         version=version,

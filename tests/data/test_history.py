@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, read_sms_spam
 from tunery import continuous, drops
 from tunery.config import CleaningConfig, ContinuousConfig, DataConfig, DriftConfig, MlflowConfig, Recipe
 from tunery.data.clean import clean
@@ -23,14 +23,12 @@ from tunery.data.near_dup import normalise_many
 
 pytestmark = pytest.mark.realdata
 
-SMS = SHARED_DATA / "sms_spam" / "SMSSpamCollection"
-
 
 @functools.cache
 def _pool() -> pd.DataFrame:
     """The first 1,000 SMS messages that survive default cleaning: no exact or near duplicates among them
     (after PII scrubbing), so every overlap between the drops below is one that the test put there."""
-    full = pd.read_csv(SMS, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    full = read_sms_spam(SHARED_DATA)
     rows = full.iloc[:1000].rename(columns={"SMS": "text", "Label": "label"})
     rows = rows.assign(source="pool", row=range(len(rows)), error="")
     kept = clean(rows, CleaningConfig()).kept
@@ -351,3 +349,60 @@ def test_drift_action_pause_then_a_refusal_rejects_the_held_drop(tmp_path, pool)
     assert drop.status == "rejected" and "looks like an attack" in drop.detail
     assert DropDataset.of(recipe).version_numbers() == [1]
     assert continuous.resolve_held(recipe, "flow-run-A", approve=True)["committed"] == []  # decided once
+
+
+# --- review follow-ups: nothing stuck, nothing staged twice, nothing read from rewritten files -----------
+
+
+def test_a_retried_update_still_reports_the_drops_it_holds(tmp_path, pool):
+    recipe = _history_and_spam(tmp_path, pool, "pause")
+    held = _update(recipe, owner="flow-run-A")["held"]
+    spam = _id_of(recipe, "spam-only.tsv")
+    assert held == [spam]
+    # the task is retried (e.g. publishing its artifact failed): nothing is pending, but it must still pause
+    assert continuous.update_dataset(recipe, "flow-run-A")["held"] == [spam]
+    assert continuous.update_dataset(recipe, "flow-run-Z")["held"] == []
+
+
+def test_a_held_drop_whose_run_ended_is_rejected_after_the_pause_timeout(tmp_path, pool):
+    import time
+
+    recipe = _history_and_spam(tmp_path, pool, "pause")
+    _update(recipe, owner="flow-run-A")  # ... and that run crashes while paused
+    spam = _id_of(recipe, "spam-only.tsv")
+    manifest = drops.Manifest.of(recipe)
+    limit = (recipe.continuous.drift.pause_timeout_minutes + continuous.HELD_GRACE_MINUTES) * 60
+    assert continuous.expire_held(recipe, manifest, now=time.time() + limit - 60) == []
+    assert manifest.get(spam).status == "held"
+    assert continuous.expire_held(recipe, manifest, now=time.time() + limit + 60) == [spam]
+    drop = manifest.get(spam)
+    assert drop.status == "rejected" and "no decision within" in drop.detail
+
+
+def test_resolve_held_does_not_stage_again_a_drop_whose_commit_already_landed(tmp_path, pool):
+    recipe = _history_and_spam(tmp_path, pool, "pause")
+    _update(recipe, owner="flow-run-A")
+    spam = _id_of(recipe, "spam-only.tsv")
+    dataset, manifest = DropDataset.of(recipe), drops.Manifest.of(recipe)
+    kept = _report(dataset, spam)["kept"]
+    with dataset.lock():
+        dataset.commit([manifest.get(spam)])  # the commit landed, then the status update failed: a retry
+    assert continuous.resolve_held(recipe, "flow-run-A", approve=True)["committed"] == []
+    assert dataset.version_numbers() == [1, 2]
+    assert manifest.get(spam).status == "committed" and manifest.get(spam).version == 2
+    assert _report(dataset, spam)["kept"] == kept == len(_rows(dataset, spam)) > 0  # rows intact
+
+
+def test_a_drop_rewritten_in_place_after_registration_fails_and_the_new_bytes_are_a_new_drop(tmp_path, pool):
+    recipe = _recipe(tmp_path)
+    _drop(recipe, "a.tsv", pool.iloc[0:100])
+    drops.scan(recipe)
+    first = _id_of(recipe, "a.tsv")
+    _drop(recipe, "a.tsv", pool.iloc[100:220])  # the producer rewrites the registered file in place
+    result = continuous.update_dataset(recipe, "flow-run-1")
+    assert first in result["failed"] and "changed after it was registered" in result["failed"][first]
+    assert drops.Manifest.of(recipe).get(first).status == "failed"
+    assert DropDataset.of(recipe).version_numbers() == []
+    result = _update(recipe)  # the watcher sees the new bytes as a new drop
+    (second,) = result["committed"]
+    assert second != first and _report(DropDataset.of(recipe), second)["rows_in"] == 120

@@ -23,21 +23,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import read_sms_spam
 from tunery.config import load_recipe, resolve_paths
 from tunery.drops import Manifest
 from tunery.tracking import client
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
-
-
-def _sms(shared_data: Path) -> pd.DataFrame:
-    return pd.read_csv(
-        shared_data / "sms_spam" / "SMSSpamCollection",
-        sep="\t",
-        dtype=str,
-        keep_default_na=False,
-        quoting=csv.QUOTE_NONE,
-    )
 
 
 def _drop(frame: pd.DataFrame, zone: Path, name: str) -> Path:
@@ -66,7 +57,7 @@ def scenario(shared_data, tmp_path_factory, mlflow_server, prefect_harness):
             """
         )
     )
-    full = _sms(shared_data).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    full = read_sms_spam(shared_data).sample(frac=1.0, random_state=1).reset_index(drop=True)
     return {"recipe": recipe, "zone": zone, "full": full, "folder": folder}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, read_sms_spam
 from tunery import stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -358,18 +358,7 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
 
 
 def _sms_rows(n_from: int, n_to: int):
-    import csv
-
-    import pandas as pd
-
-    full = pd.read_csv(
-        SHARED_DATA / "sms_spam" / "SMSSpamCollection",
-        sep="\t",
-        dtype=str,
-        keep_default_na=False,
-        quoting=csv.QUOTE_NONE,
-    )
-    return full.sample(frac=1.0, random_state=2).iloc[n_from:n_to]
+    return read_sms_spam(SHARED_DATA).sample(frac=1.0, random_state=2).iloc[n_from:n_to]
 
 
 def _drop_file(rows, zone: Path, name: str) -> None:

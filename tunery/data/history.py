@@ -36,10 +36,10 @@ import pandas as pd
 
 from tunery.config import Recipe
 from tunery.data.clean import clean
-from tunery.data.ingest import ingest
+from tunery.data.ingest import DataError, ingest
 from tunery.data.near_dup import NearDuplicateIndex, normalise_many
 from tunery.data.split import SPLITS, assign, cluster_buckets
-from tunery.drops import Drop, state_dir
+from tunery.drops import Drop, content_sha256, state_dir
 
 _ROW_COUNTS = ("rows_in", "kept", "quarantined", "deduplicated", "exact_duplicates", "near_duplicates")
 
@@ -116,7 +116,12 @@ class DropDataset:
         for entry in (version or {}).get("drops", []):
             folder = self.drop_dir(entry["id"])
             rows = pd.read_parquet(folder / "rows.parquet", columns=["key", "drop_id", "label"])
-            signatures = np.load(folder / "signatures.npy") if near is not None else None
+            signatures = None
+            if near is not None:
+                signatures = np.load(folder / "signatures.npy")
+                if signatures.shape != (len(rows), near.num_perm):  # staged while near dedup was off
+                    texts = pd.read_parquet(folder / "rows.parquet", columns=["text"])["text"].tolist()
+                    signatures = near.signatures(texts)
             history.add(rows, signatures)
         return history
 
@@ -142,6 +147,11 @@ class DropDataset:
             DataError, QuarantineLimitExceeded: the drop cannot be used (the caller marks it failed).
         """
         clock = time.perf_counter()
+        if content_sha256(drop.file_list()) != drop.sha256:
+            raise DataError(
+                f"drop {drop.id} ({drop.uri}) changed after it was registered: write a new file instead of "
+                "rewriting one in place (its new content will be taken as a new drop)"
+            )
         frames = [
             ingest(recipe.data.model_copy(update={"source": _exact(uri)}), kind) for uri in drop.file_list()
         ]
