@@ -11,12 +11,16 @@ another in a drop zone. For each drop k, side by side in one run:
 * baseline: what a pipeline without a versioned dataset does: ingest and clean *every* file of the zone
   again (``tunery.data.ingest.ingest`` + ``tunery.data.clean.clean`` on all k drops).
 
-The whole sequence runs ``--repeats`` times in fresh work folders; per drop the median is kept.
+Drops of the same size still differ in content (e-mails of other lengths and markup), and cleaning cost
+follows content. So the sequence runs ``--repeats`` times (default 10) in fresh work folders, each time with
+the slices rotated by one more place: every slice is drop 1 once, drop 2 once, ... drop 10 once. The median
+per position then compares positions, not contents. The baseline runs in the first ``--baseline-repeats``
+sequences only (its linear growth needs no more).
 Target: flat for tunery: ``stage`` of drop 10 / drop 1 at most 1.2 (the baseline grows ~linearly).
 
 Usage::
 
-    python benchmarks/drop_ingest.py                      # spam_assassin: 10 drops x 600 e-mails, 3 repeats
+    python benchmarks/drop_ingest.py                      # spam_assassin: 10 x 600 e-mails, 10 rotations
     python benchmarks/drop_ingest.py --dataset sms_spam   # 10 drops x 550 SMS
     python benchmarks/drop_ingest.py --quick              # 4 drops x 100 rows, 1 repeat (smoke test)
 
@@ -133,9 +137,15 @@ def one_sequence(drops: list, dataset: str, baseline: bool) -> list[dict[str, fl
 def _median_rows(sequences: list[list[dict[str, float]]]) -> list[dict[str, float]]:
     out = []
     for rows in zip(*sequences, strict=True):
-        keys = [k for k in rows[0] if k != "drop"]
-        out.append({"drop": rows[0]["drop"], **{k: statistics.median(r[k] for r in rows) for k in keys}})
+        keys = dict.fromkeys(k for r in rows for k in r if k not in ("drop", "slice"))
+        medians = {k: statistics.median(r[k] for r in rows if k in r) for k in keys}
+        out.append({"drop": rows[0]["drop"], **medians})
     return out
+
+
+def _offset(repeat: int, args: argparse.Namespace) -> int:
+    """Rotation of the slices in sequence ``repeat``: spread evenly over the drops."""
+    return (repeat * args.drops // args.repeats) % args.drops
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -148,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="spam_assassin")
     parser.add_argument("--drops", type=int, default=10)
     parser.add_argument("--rows", type=int, default=600, help="rows per drop")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10, help="sequences, each with the slices rotated")
+    parser.add_argument(
+        "--baseline-repeats", type=int, default=1, help="sequences that also time the baseline"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip re-ingesting the history")
     parser.add_argument("--quick", action="store_true", help="4 drops x 100 rows, 1 repeat")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -173,7 +186,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         slices[:2], args.dataset, baseline=False
     )  # warm-up: imports, tokenizer-free cleaning pool start-up
     sequences = [
-        one_sequence(slices, args.dataset, baseline=not args.no_baseline) for _ in range(args.repeats)
+        one_sequence(
+            slices[_offset(r, args) :] + slices[: _offset(r, args)],
+            args.dataset,
+            baseline=not args.no_baseline and r < args.baseline_repeats,
+        )
+        for r in range(args.repeats)
     ]
     per_drop = _median_rows(sequences)
     first, last = per_drop[0], per_drop[-1]
@@ -192,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "drops": args.drops,
             "rows_per_drop": args.rows,
             "repeats": args.repeats,
+            "rotations": [_offset(r, args) for r in range(args.repeats)],
+            "baseline_repeats": min(args.baseline_repeats, args.repeats),
             "data": args.dataset,
         },
         "per_drop_median": per_drop,

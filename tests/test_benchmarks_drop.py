@@ -39,7 +39,9 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path, dat
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
-    assert doc["setup"] == {"drops": 4, "rows_per_drop": 100, "repeats": 1, "data": dataset}
+    setup = doc["setup"]
+    assert (setup["drops"], setup["rows_per_drop"], setup["repeats"], setup["data"]) == (4, 100, 1, dataset)
+    assert setup["rotations"] == [0] and setup["baseline_repeats"] == 1
     rows = doc["per_drop_median"]
     assert [r["drop"] for r in rows] == [1, 2, 3, 4]
     for row in rows:
