@@ -20,22 +20,10 @@ pytestmark = pytest.mark.realdata
 @pytest.mark.parametrize("dataset", ["spam_assassin", "sms_spam"])
 def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path, dataset: str) -> None:
     out = tmp_path / "drops.json"
+    script = REPO / "benchmarks" / "drop_ingest.py"
+    command = [sys.executable, str(script), "--quick", "--dataset", dataset, "--data-dir", str(shared_data)]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/drop_ingest.py",
-            "--quick",
-            "--dataset",
-            dataset,
-            "--data-dir",
-            str(shared_data),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text(encoding="utf-8"))
