@@ -31,8 +31,8 @@ from tunery.data import report as data_report
 from tunery.data.clean import QuarantineLimitExceeded
 from tunery.data.history import DropDataset
 from tunery.data.ingest import DataError
-from tunery.data.split import SPLITS, LeakageError, check_leakage
-from tunery.drops import Drop, Manifest, state_dir
+from tunery.data.split import SPLITS, check_leakage
+from tunery.drops import Drop, Manifest
 from tunery.layout import RunLayout
 
 
@@ -408,21 +408,3 @@ def forgetting_check(recipe: Recipe, layout: RunLayout) -> dict:
     metrics["forgetting"] = result
     layout.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return result
-
-
-def state_summary(recipe: Recipe) -> dict:
-    """Where the manifest and dataset are, and the drops by status (for ``tunery drops list``)."""
-    manifest = Manifest.of(recipe)
-    return {"state": str(state_dir(recipe)), "drops": [d.__dict__ for d in manifest.drops()]}
-
-
-__all__ = [
-    "LeakageError",
-    "forgetting_check",
-    "materialise",
-    "needs_training",
-    "reconcile",
-    "resolve_held",
-    "update_dataset",
-    "warm_start",
-]
