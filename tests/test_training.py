@@ -1,4 +1,4 @@
-"""Training on a tiny BERT built from a config (fast on 2 cores): each method learns and exports."""
+"""Training: each method learns a small sentiment task on the packaged MiniLM and exports a usable model."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ class ListLogger:
         self.records.append((step, dict(metrics)))
 
 
-def recipe_for(tiny_bert, method: str, tmp_path, **training) -> Recipe:
+def recipe_for(base, method: str, tmp_path, **training) -> Recipe:
     return Recipe.model_validate(
         {
             "name": "tiny",
             "data": {"source": "unused.csv"},
-            "model": {"base": str(tiny_bert), "max_length": 16},
+            "model": {"base": str(base), "max_length": 16},
             "method": {"name": method, "lora": {"r": 4, "alpha": 8}},
             "training": {
                 "epochs": 1,
@@ -63,19 +63,31 @@ def write_splits(tmp_path) -> RunLayout:
     return layout
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prompt_tuning"])
-def test_method_learns_and_exports_a_plain_model(tiny_bert, tmp_path, method):
+# Learning rate per method, on the packaged MiniLM: every method learns this task clearly in 60 steps there
+# (a few seconds each), while on the tiny random BERT IA3 and prompt tuning cannot (they only rescale or
+# prepend to features that mean nothing) and full/LoRA learn or not depending on the random init.
+LEARNING_RATES = {"full": 1e-4, "lora": 3e-3, "ia3": 3e-2, "prompt_tuning": 3e-2}
+
+
+@pytest.mark.parametrize("method", list(LEARNING_RATES))
+def test_method_learns_and_exports_a_plain_model(tmp_path, method):
+    from tunery.models import resolve_model
+
     layout = write_splits(tmp_path)
     logger = ListLogger()
-    # IA3 only rescales activations: at the shared 3e-3 it moves the loss by ~0.001 in 30 steps (noise
-    # decided the sign), so it gets the larger step size IA3 is usually trained with.
-    overrides = {"learning_rate": 3e-2} if method == "ia3" else {}
-    model_dir = train(recipe_for(tiny_bert, method, tmp_path, **overrides), layout, logger)
+    recipe = recipe_for(
+        resolve_model("minilm"), method, tmp_path, learning_rate=LEARNING_RATES[method], max_steps=60
+    )
+    model_dir = train(recipe, layout, logger)
 
+    # learning, not noise: the last two logged losses average under half of the first two, and the model
+    # separates the held-out sentences
     losses = [m["train/loss"] for _, m in logger.records if "train/loss" in m]
-    assert len(losses) >= 3 and losses[-1] < losses[0], f"loss did not go down: {losses}"
+    assert len(losses) == 12, losses
+    assert sum(losses[-2:]) < 0.5 * sum(losses[:2]), f"loss did not clearly go down: {losses}"
     summary = json.loads((layout.train_dir / "metrics.json").read_text())
-    assert summary["global_steps"] == 30
+    assert summary["global_steps"] == 60
+    assert summary["validation"]["accuracy"] >= 0.9, summary["validation"]
     expected_format = {"full": "full", "lora": "merged", "ia3": "merged", "prompt_tuning": "adapter"}[method]
     assert summary["export"]["format"] == expected_format
     if expected_format == "merged":
@@ -84,4 +96,4 @@ def test_method_learns_and_exports_a_plain_model(tiny_bert, tmp_path, method):
     classifier = TextClassifier(model_dir)
     assert classifier.labels == ["neg", "pos"]
     predictions = classifier.predict(["the film was great number 1", "the film was awful number 3"])
-    assert set(predictions) <= {"neg", "pos"}
+    assert list(predictions) == ["pos", "neg"]
