@@ -53,11 +53,15 @@ def read_sms_spam(data_root: Path):
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A tiny randomly initialised BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved locally."""
+    """A tiny randomly initialised BERT (2 layers, hidden 32) with the MiniLM tokenizer, saved locally.
+
+    Seeded: the same weights whichever test asks first (tests that plant errors in it depend on them)."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from tunery.models import resolve_model
 
+    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
     config = BertConfig(
