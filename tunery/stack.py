@@ -43,6 +43,35 @@ class Service:
     port: int | None = None
     url: str | None = None
     command: list[str] = field(default_factory=list)
+    # boot id and start time of the process (see process_identity): a recorded PID that the kernel has
+    # since given to another process (after the service died, or after a reboot) does not match it
+    identity: str | None = None
+
+
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of a running process, from /proc (None where /proc cannot tell).
+
+    The start time is field 22 of ``/proc/<pid>/stat`` (clock ticks after boot); with the boot id it names
+    one process of one boot, so a PID reused later compares different.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may hold spaces or ")": split after the last ")"
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
+def is_running(service: Service) -> bool:
+    """Whether the service's own process still runs: its PID is alive and, where the start-up recorded the
+    process identity, that PID still names the same process (not a newer one that reused the number)."""
+    if not _alive(service.pid):
+        return False
+    if service.identity is None:  # recorded without an identity (a platform without /proc)
+        return True
+    return process_identity(service.pid) == service.identity
 
 
 def free_port() -> int:
@@ -207,7 +236,8 @@ def start_postgres(root: Path, port: int | None = None, database: str = "mlflow"
         [_pg_bin("postgres"), "-D", str(data), "-p", str(port), "-h", LOOPBACK, "-k", str(sockets)]
     )
     proc = spawn("postgres", command, log)
-    service = Service("postgres", proc.pid, str(log), port, f"postgresql://tunery@{LOOPBACK}:{port}", command)
+    url = f"postgresql://tunery@{LOOPBACK}:{port}"
+    service = Service("postgres", proc.pid, str(log), port, url, command, process_identity(proc.pid))
     with _stopped_on_failure(proc.pid, signal.SIGINT):
         _wait_postgres(port, proc.pid, log)
         _create_database(port, database)
@@ -281,7 +311,7 @@ def start_mlflow(root: Path, backend_uri: str | None = None, port: int | None = 
     url = f"http://{LOOPBACK}:{port}"
     with _stopped_on_failure(proc.pid):
         wait_http(f"{url}/health", proc.pid, log)
-    return Service("mlflow", proc.pid, str(log), port, url, command)
+    return Service("mlflow", proc.pid, str(log), port, url, command, process_identity(proc.pid))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -321,7 +351,7 @@ def start_prefect(root: Path, port: int | None = None, env: dict[str, str] | Non
     proc = spawn("prefect", command, log, {**prefect_env(root), **ui, **db, **(env or {})})
     with _stopped_on_failure(proc.pid):
         wait_http(f"{url}/api/health", proc.pid, log)
-    return Service("prefect", proc.pid, str(log), port, url, command)
+    return Service("prefect", proc.pid, str(log), port, url, command, process_identity(proc.pid))
 
 
 def start_worker(root: Path, api_url: str, pool: str, env: dict[str, str] | None = None) -> Service:
@@ -332,7 +362,7 @@ def start_worker(root: Path, api_url: str, pool: str, env: dict[str, str] | None
     time.sleep(1.0)
     if not _alive(proc.pid):
         raise StackError(f"the worker for pool {pool} exited; log {log}:\n{_log_tail(log)}")
-    return Service("worker", proc.pid, str(log), None, None, command)
+    return Service("worker", proc.pid, str(log), None, None, command, process_identity(proc.pid))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,16 +396,19 @@ def services(root: Path) -> list[Service]:
 
 
 def status(root: Path) -> list[tuple[Service, bool]]:
-    """Each recorded service with whether its PID is still running."""
-    return [(s, _alive(s.pid)) for s in services(root)]
+    """Each recorded service with whether its process is still running (see :func:`is_running`)."""
+    return [(s, is_running(s)) for s in services(root)]
 
 
 def stop_services(found: list[Service]) -> list[str]:
-    """Stop services in :data:`STOP_ORDER` (dependants first); returns the names of those that ran."""
+    """Stop services in :data:`STOP_ORDER` (dependants first); returns the names of those that ran.
+
+    A recorded PID that now names another process (see :func:`is_running`) is left alone.
+    """
     stopped = []
     rank = {name: i for i, name in enumerate(STOP_ORDER)}
     for service in sorted(found, key=lambda s: rank.get(s.name, -1)):
-        if stop_pid(service.pid, STOP_SIGNAL.get(service.name, signal.SIGTERM)):
+        if is_running(service) and stop_pid(service.pid, STOP_SIGNAL.get(service.name, signal.SIGTERM)):
             stopped.append(service.name)
     return stopped
 
