@@ -73,8 +73,14 @@ DEFAULT_TRAIN_SAMPLES = 4000
 QUICK_TRAIN_SAMPLES = 256
 QUICK_DEV_ROWS = 200
 RESULT_PREFIX = "TRAINING_SPEED_RESULT "
-WORKERS = ("baseline", "full", "lora")
-CONFIG_NAMES = {"baseline": "baseline", "full": "tunery_full", "lora": "tunery_lora"}
+WORKERS = ("baseline", "full", "full_random", "lora")
+CONFIG_NAMES = {
+    "baseline": "baseline",
+    "full": "tunery_full",
+    "full_random": "tunery_full_random",
+    "lora": "tunery_lora",
+}
+TUNERY_CONFIGS = tuple(CONFIG_NAMES[k] for k in WORKERS if k != "baseline")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -265,21 +271,26 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def sampling_override(args: argparse.Namespace) -> dict[str, bool]:
-    """``training.group_by_length`` for ``--tunery-sampling`` (nothing: the recipe's default)."""
+def sampling_override(args: argparse.Namespace, kind: str = "full") -> dict[str, bool]:
+    """``training.group_by_length`` for a worker: ``full_random`` always samples at random (the baseline's
+    sampler); ``full`` and ``lora`` follow ``--tunery-sampling`` (nothing: the recipe's default)."""
+    if kind == "full_random":
+        return {"group_by_length": False}
     if args.tunery_sampling == "default":
         return {}
     return {"group_by_length": args.tunery_sampling == "group_by_length"}
 
 
-def tunery_recipe(args: argparse.Namespace, method: str, workdir: Path) -> Any:
-    """The recipe for tunery's run: tunery's defaults except the settings shared with the baseline."""
+def tunery_recipe(args: argparse.Namespace, kind: str, workdir: Path) -> Any:
+    """The recipe of a tunery worker (``full``, ``full_random`` or ``lora``): tunery's defaults except the
+    settings shared with the baseline."""
     from tunery.config import Recipe
 
+    method = "lora" if kind == "lora" else "full"
     lr = args.lora_learning_rate if method == "lora" else args.learning_rate
     return Recipe.model_validate(
         {
-            "name": f"training-speed-{method}",
+            "name": f"training-speed-{kind.replace('_', '-')}",
             "data": {"source": "unused.tsv"},  # train() reads the prepared splits, never the source
             "model": {"base": MODEL, "max_length": MAX_LENGTH},
             "method": {
@@ -295,7 +306,7 @@ def tunery_recipe(args: argparse.Namespace, method: str, workdir: Path) -> Any:
                 "weight_decay": args.weight_decay,
                 "warmup_ratio": args.warmup_ratio,
                 "seed": args.seed,
-                **sampling_override(args),
+                **sampling_override(args, kind),
             },
             "mlflow": {"registered_model": "training-speed"},
             "workdir": str(workdir),
@@ -303,7 +314,7 @@ def tunery_recipe(args: argparse.Namespace, method: str, workdir: Path) -> Any:
     )
 
 
-def run_tunery(args: argparse.Namespace, method: str) -> dict[str, Any]:
+def run_tunery(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """Write the sample to a run folder's splits, call ``tunery.training.train`` in-process; measure it."""
     import torch
 
@@ -311,7 +322,7 @@ def run_tunery(args: argparse.Namespace, method: str) -> dict[str, Any]:
     from tunery.layout import SPLITS, RunLayout
 
     data = load_data(args.data_dir, args.train_samples, args.dev_rows, args.seed)
-    layout = RunLayout.create(args.workdir, f"bench-{method}")
+    layout = RunLayout.create(args.workdir, f"bench-{kind.replace('_', '-')}")
     frames = {"train": data["train"], "validation": data["dev"], "test": data["dev"]}
     for name in SPLITS:
         frame = frames[name]
@@ -320,7 +331,7 @@ def run_tunery(args: argparse.Namespace, method: str) -> dict[str, Any]:
         frame.assign(text=frame["sentence"], label=frame["label"].astype(str))[["text", "label"]].to_parquet(
             split, index=False
         )
-    recipe = tunery_recipe(args, method, Path(args.workdir))
+    recipe = tunery_recipe(args, kind, Path(args.workdir))
     # The step clock is added to tunery's own callbacks by wrapping its (private) _callbacks; if that
     # function is gone, tunery runs unchanged and the step figures are reported as None.
     clock = step_clock() if callable(getattr(tunery.training, "_callbacks", None)) else None
@@ -443,12 +454,40 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def paired_deltas(mine: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dev-accuracy differences paired by seed (tunery - baseline): per seed, mean, SD and a 95 % CI.
+
+    The CI is Student's t interval of the mean paired difference (n - 1 degrees of freedom); with one seed
+    there is no spread to estimate and SD and CI are None.
+    """
+    by_seed = {r["seed"]: r["dev_accuracy"] for r in theirs}
+    deltas = {str(r["seed"]): r["dev_accuracy"] - by_seed[r["seed"]] for r in mine if r["seed"] in by_seed}
+    values = list(deltas.values())
+    result: dict[str, Any] = {
+        "per_seed": {k: round(v, 4) for k, v in deltas.items()},
+        "n": len(values),
+        "mean": round(statistics.fmean(values), 4) if values else None,
+        "sd": None,
+        "ci95": None,
+    }
+    if len(values) >= 2:
+        from scipy.stats import t
+
+        sd = statistics.stdev(values)
+        half = t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
+        mean = statistics.fmean(values)
+        result.update(sd=round(sd, 4), ci95=[round(mean - half, 4), round(mean + half, 4)])
+    return result
+
+
 def compare(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ratios of samples/s and accuracy deltas of each tunery configuration against the baseline."""
+    """Ratios of samples/s and accuracy deltas (paired by seed) of each tunery configuration against the
+    baseline."""
     base = configs["baseline"]
     result = {}
-    for name in ("tunery_full", "tunery_lora"):
+    for name in (n for n in TUNERY_CONFIGS if n in configs):
         c = configs[name]
+        paired = paired_deltas(c["runs"], base["runs"])
         result[f"{name}_vs_baseline"] = {
             "samples_per_s_ratio": round(c["samples_per_s"] / base["samples_per_s"], 3),
             "samples_per_s_wall_ratio": round(c["samples_per_s_wall"] / base["samples_per_s_wall"], 3),
@@ -458,13 +497,28 @@ def compare(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 else None
             ),
             "dev_accuracy_delta": round(c["dev_accuracy"] - base["dev_accuracy"], 4),
-            "dev_accuracy_delta_per_seed": {
-                str(mine["seed"]): round(mine["dev_accuracy"] - theirs["dev_accuracy"], 4)
-                for mine, theirs in zip(c["runs"], base["runs"], strict=True)
-            },
+            "dev_accuracy_delta_per_seed": paired["per_seed"],
+            "dev_accuracy_delta_sd": paired["sd"],
+            "dev_accuracy_delta_ci95": paired["ci95"],
             "peak_rss_ratio": round(c["peak_rss_mb"] / base["peak_rss_mb"], 3),
         }
     return result
+
+
+def speed_target(comparison: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The "at least 2x the samples/s at equal or better dev accuracy" check for one tunery configuration:
+    met when the median ratio is >= 2 and the mean paired accuracy delta is >= 0."""
+    c = comparison.get(f"{name}_vs_baseline")
+    if c is None:
+        return None
+    return {
+        "configuration": name,
+        "target_ratio": TARGET_RATIO,
+        "samples_per_s_ratio": c["samples_per_s_ratio"],
+        "dev_accuracy_delta": c["dev_accuracy_delta"],
+        "dev_accuracy_delta_ci95": c["dev_accuracy_delta_ci95"],
+        "met": c["samples_per_s_ratio"] >= TARGET_RATIO and c["dev_accuracy_delta"] >= 0,
+    }
 
 
 def budget_steps(budget_s: float, samples_per_s: float, batch_size: int) -> int:
@@ -505,7 +559,7 @@ def machine_info() -> dict[str, Any]:
 def print_table(configs: dict[str, dict[str, Any]], comparison: dict[str, Any], doc: dict[str, Any]) -> None:
     """A compact fixed-width table of the per-configuration figures, the ratio and the target checks."""
     header = (
-        f"{'configuration':<14}{'rows':>7}{'steps':>7}{'samples/s':>11}{'train s':>9}{'in steps s':>12}"
+        f"{'configuration':<20}{'rows':>7}{'steps':>7}{'samples/s':>11}{'train s':>9}{'in steps s':>12}"
         f"{'total s':>9}{'dev acc':>9}{'peak MiB':>10}"
     )
     print(header)
@@ -516,18 +570,25 @@ def print_table(configs: dict[str, dict[str, Any]], comparison: dict[str, Any], 
     for name, r in rows.items():
         step_s = f"{r['step_s']:.1f}" if r.get("step_s") is not None else "-"
         print(
-            f"{name:<14}{r['train_rows']:>7}{r['steps']:>7}{r['samples_per_s']:>11.2f}{r['wall_s']:>9.1f}"
+            f"{name:<20}{r['train_rows']:>7}{r['steps']:>7}{r['samples_per_s']:>11.2f}{r['wall_s']:>9.1f}"
             f"{step_s:>12}{r['total_s']:>9.1f}{r['dev_accuracy']:>9.4f}{r['peak_rss_mb']:>10.0f}"
         )
-    for name in ("tunery_full", "tunery_lora"):
+    for name in (n for n in TUNERY_CONFIGS if n in configs):
         c = comparison[f"{name}_vs_baseline"]
+        ci = c["dev_accuracy_delta_ci95"]
+        spread = f" (95% CI {100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})" if ci else ""
         print(
             f"{name} / baseline: {c['samples_per_s_ratio']:.2f}x samples/s "
             f"({_times(c['step_samples_per_s_ratio'])} within the optimiser steps), "
-            f"dev accuracy {100 * c['dev_accuracy_delta']:+.2f} points"
+            f"dev accuracy {100 * c['dev_accuracy_delta']:+.2f} points{spread}"
         )
-    speed = doc["targets"]["speedup"]
-    print(f"target >= {speed['target_ratio']:.0f}x at equal or better accuracy (tunery_full): {speed['met']}")
+    for key in ("speedup", "speedup_random_batches"):
+        speed = doc["targets"].get(key)
+        if speed:
+            print(
+                f"target >= {speed['target_ratio']:.0f}x at equal or better accuracy "
+                f"({speed['configuration']}): {speed['met']}"
+            )
     budget = doc["targets"]["budget_accuracy"]
     print(f"target budget dev accuracy >= {budget['target']}: {budget['met']}")
 
@@ -563,6 +624,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tunery's batch sampler: its recipe default, length-grouped, or random like the baseline",
     )
     parser.add_argument(
+        "--configurations",
+        default=",".join(WORKERS),
+        help=f"comma-separated workers to run, baseline included (default: {','.join(WORKERS)})",
+    )
+    parser.add_argument(
         "--budget-minutes", type=float, default=10.0, help="budget run's training time (0: skip it)"
     )
     parser.add_argument(
@@ -581,12 +647,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats must be at least 1")
     if args.worker and args.workdir is None:
         parser.error("--worker needs --workdir")
+    args.configurations = tuple(k.strip() for k in args.configurations.split(",") if k.strip())
+    unknown = sorted(set(args.configurations) - set(WORKERS))
+    if unknown or "baseline" not in args.configurations or len(args.configurations) < 2:
+        parser.error(f"--configurations: baseline and at least one of {WORKERS[1:]} (unknown: {unknown})")
     if args.quick:  # explicit --train-samples / --dev-rows still win (a smaller smoke test)
         args.repeats, args.budget_minutes = 1, 0.0
         args.train_samples = QUICK_TRAIN_SAMPLES if args.train_samples is None else args.train_samples
         args.dev_rows = QUICK_DEV_ROWS if args.dev_rows is None else args.dev_rows
     elif args.train_samples is None:
         args.train_samples = DEFAULT_TRAIN_SAMPLES
+    if args.budget_minutes > 0 and "full" not in args.configurations:
+        parser.error("--budget-minutes > 0 needs the full worker (its speed plans the budget run)")
     return args
 
 
@@ -597,22 +669,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         worker_main(args)
         return None
     machine = machine_info()  # before the work, so the load average shows what else was running
-    runs: dict[str, list[dict[str, Any]]] = {CONFIG_NAMES[k]: [] for k in WORKERS}
+    kinds = [k for k in WORKERS if k in args.configurations]
+    runs: dict[str, list[dict[str, Any]]] = {CONFIG_NAMES[k]: [] for k in kinds}
+    partial = args.out.with_name(args.out.stem + ".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tunery-training-speed-") as tmp:
         workdir = Path(tmp)
         for repeat in range(args.repeats):
-            for kind in WORKERS:
+            for kind in kinds:
                 name = CONFIG_NAMES[kind]
                 print(f"repeat {repeat + 1}/{args.repeats}: {name} ...", flush=True)
                 command = worker_command(args, kind, workdir, seed=args.seed + repeat)
                 runs[name].append({"seed": args.seed + repeat, **run_worker(command, args.verbose)})
+                # a long multi-seed run keeps what it measured if it is stopped part-way
+                partial.write_text(json.dumps({"command": sys.argv, "runs": runs}, indent=2) + "\n")
         configs = {name: summarise(r) for name, r in runs.items()}
         comparison = compare(configs)
         reason = "--quick" if args.quick else "--budget-minutes 0"
         budget: dict[str, Any] = {"skipped": True, "reason": reason}
         if args.budget_minutes > 0:
             budget = run_budget(args, workdir, configs["tunery_full"]["samples_per_s"])
-    full = comparison["tunery_full_vs_baseline"]
+    partial.unlink(missing_ok=True)
     dev_rows = configs["baseline"]["dev_rows"]
     dev_se = 100 * math.sqrt(0.85 * 0.15 / dev_rows)
     budget_met = budget["dev_accuracy"] >= TARGET_BUDGET_ACCURACY if "dev_accuracy" in budget else None
@@ -641,6 +718,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "weight_decay": args.weight_decay,
             "warmup_ratio": args.warmup_ratio,
             "seed": args.seed,
+            "configurations": list(args.configurations),
             "model": MODEL,
             "budget_minutes": args.budget_minutes,
         },
@@ -648,13 +726,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "comparison": comparison,
         "budget": budget,
         "targets": {
-            "speedup": {
-                "configuration": "tunery_full",
-                "target_ratio": TARGET_RATIO,
-                "samples_per_s_ratio": full["samples_per_s_ratio"],
-                "dev_accuracy_delta": full["dev_accuracy_delta"],
-                "met": full["samples_per_s_ratio"] >= TARGET_RATIO and full["dev_accuracy_delta"] >= 0,
-            },
+            "speedup": speed_target(comparison, "tunery_full"),
+            "speedup_random_batches": speed_target(comparison, "tunery_full_random"),
             "budget_accuracy": {
                 "target": TARGET_BUDGET_ACCURACY,
                 "dev_accuracy": budget.get("dev_accuracy"),
@@ -666,8 +739,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             f"padding='max_length' (max_length {MAX_LENGTH}, truncation), default_data_collator, "
             "random sampler (no length grouping), logging off, save_strategy 'no', use_cpu",
             "tunery = tunery.training.train on prepared splits: dynamic padding (DataCollatorWithPadding), "
-            "train_sampling_strategy 'group_by_length', and its defaults otherwise (validation at each epoch "
-            "end, a checkpoint every 200 steps, export of the trained model after training)",
+            "its recipe defaults otherwise (length-grouped batches unless --tunery-sampling says otherwise, "
+            "validation at each epoch end, a checkpoint every 200 steps, export of the trained model after "
+            "training); tunery_full_random = tunery full with training.group_by_length false (the "
+            "baseline's random sampler, so that dynamic padding is the only change to the batches)",
+            "accuracy deltas are paired by seed (repeat i: seed + i for the sample and for training on every "
+            "side); dev_accuracy_delta = their mean, with Student's t 95 % CI over seeds when repeats > 1; "
+            "a speed target is met when the ratio is >= 2 and the mean delta is >= 0",
             "each configuration runs in its own fresh worker process; tunery's train() is called in-process "
             "there (not through launch_training), so process start-up and imports are not timed on either "
             "side; the configurations run one after the other (alternately when repeats > 1)",

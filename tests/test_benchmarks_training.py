@@ -21,7 +21,7 @@ from tunery.config import TrainingConfig
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 SCRIPT = REPO / "benchmarks" / "training_speed.py"
-CONFIGURATIONS = {"baseline", "tunery_full", "tunery_lora"}
+CONFIGURATIONS = {"baseline", "tunery_full", "tunery_full_random", "tunery_lora"}
 FIELDS = {
     "train_rows",
     "dev_rows",
@@ -78,19 +78,23 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path) -> 
     assert configs["tunery_full"]["padding"] == "dynamic"
     default_grouping = TrainingConfig().group_by_length  # the benchmark follows tunery's recipe default
     assert configs["tunery_full"]["sampling"] == ("group_by_length" if default_grouping else "random")
+    assert configs["tunery_full_random"]["sampling"] == "random"
     assert doc["settings"]["seeds"] == [42] and [r["seed"] for r in configs["tunery_full"]["runs"]] == [42]
 
     base = configs["baseline"]
-    for name in ("tunery_full", "tunery_lora"):
+    for name in ("tunery_full", "tunery_full_random", "tunery_lora"):
         c, cmp = configs[name], doc["comparison"][f"{name}_vs_baseline"]
         expected = c["samples_per_s"] / base["samples_per_s"]
         assert cmp["samples_per_s_ratio"] == pytest.approx(expected, rel=1e-2)
         assert cmp["dev_accuracy_delta"] == pytest.approx(c["dev_accuracy"] - base["dev_accuracy"], abs=1e-3)
 
-    speed = doc["targets"]["speedup"]
-    ratio = doc["comparison"]["tunery_full_vs_baseline"]["samples_per_s_ratio"]
-    assert speed["samples_per_s_ratio"] == ratio and speed["target_ratio"] == 2.0
-    assert speed["met"] == (ratio >= 2.0 and speed["dev_accuracy_delta"] >= 0)
+    for key, name in (("speedup", "tunery_full"), ("speedup_random_batches", "tunery_full_random")):
+        speed = doc["targets"][key]
+        ratio = doc["comparison"][f"{name}_vs_baseline"]["samples_per_s_ratio"]
+        assert speed["configuration"] == name and speed["samples_per_s_ratio"] == ratio
+        assert speed["target_ratio"] == 2.0 and speed["dev_accuracy_delta_ci95"] is None  # one seed: no CI
+        assert speed["met"] == (ratio >= 2.0 and speed["dev_accuracy_delta"] >= 0)
+    assert not (out.parent / "t.partial.json").exists()  # the per-run progress file is removed at the end
     assert doc["budget"]["skipped"] is True  # --quick skips the budget run
     assert doc["targets"]["budget_accuracy"]["met"] is None
 
@@ -131,10 +135,41 @@ def test_summary_takes_median_speed_and_mean_accuracy_over_seeds_and_pairs_delta
     assert mine["peak_rss_mb"] == 103.0 and "seed" not in mine
     assert [r["seed"] for r in mine["runs"]] == [1, 2, 3]
     configs = {"baseline": base, "tunery_full": mine, "tunery_lora": mine}
-    cmp = bench.compare(configs)["tunery_full_vs_baseline"]
+    comparison = bench.compare(configs)
+    assert set(comparison) == {"tunery_full_vs_baseline", "tunery_lora_vs_baseline"}  # only those that ran
+    cmp = comparison["tunery_full_vs_baseline"]
     assert cmp["samples_per_s_ratio"] == pytest.approx(30.0 / 11.0, rel=1e-3)
     assert cmp["dev_accuracy_delta"] == pytest.approx(0.0033, abs=1e-4)
     assert cmp["dev_accuracy_delta_per_seed"] == {"1": 0.01, "2": -0.02, "3": 0.02}
+    # paired deltas 0.01, -0.02, 0.02: SD 0.0208, t(0.975, 2 df) = 4.303 -> half-width 0.0517
+    assert cmp["dev_accuracy_delta_sd"] == pytest.approx(0.0208, abs=1e-4)
+    low, high = cmp["dev_accuracy_delta_ci95"]
+    assert [low, high] == pytest.approx([0.0033 - 0.0517, 0.0033 + 0.0517], abs=2e-4)
+    target = bench.speed_target(comparison, "tunery_full")
+    assert target["met"] is True and target["dev_accuracy_delta_ci95"] == [low, high]
+    assert bench.speed_target(comparison, "tunery_full_random") is None  # not run: no verdict
+
+
+def test_paired_deltas_match_runs_by_seed_not_by_position() -> None:
+    bench = _load_benchmark()
+    theirs = [_run(7, 1.0, 0.80), _run(8, 1.0, 0.90)]
+    mine = [_run(8, 1.0, 0.85), _run(7, 1.0, 0.82)]
+    paired = bench.paired_deltas(mine, theirs)
+    assert paired["per_seed"] == {"8": -0.05, "7": 0.02} and paired["n"] == 2
+    assert paired["mean"] == pytest.approx(-0.015, abs=1e-4)
+    alone = bench.paired_deltas(mine[:1], theirs)
+    assert alone["sd"] is None and alone["ci95"] is None and alone["mean"] == pytest.approx(-0.05)
+
+
+def test_configurations_flag_needs_the_baseline_and_known_workers() -> None:
+    bench = _load_benchmark()
+    args = bench.parse_args(["--configurations", "baseline,full_random", "--budget-minutes", "0"])
+    assert args.configurations == ("baseline", "full_random")
+    for bad in ("full,lora", "baseline", "baseline,fast"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--configurations", bad, "--budget-minutes", "0"])
+    with pytest.raises(SystemExit):  # the budget run needs the full worker's measured speed
+        bench.parse_args(["--configurations", "baseline,lora"])
 
 
 def test_sampling_flag_overrides_the_recipe_default_only_when_given() -> None:
@@ -144,3 +179,6 @@ def test_sampling_flag_overrides_the_recipe_default_only_when_given() -> None:
         recipe = bench.tunery_recipe(args, "full", Path("/tmp/unused"))
         default = TrainingConfig().group_by_length
         assert recipe.training.group_by_length == (default if expected is None else expected)
+        # full_random always takes the baseline's random sampler, whatever the flag says
+        assert bench.tunery_recipe(args, "full_random", Path("/tmp/unused")).training.group_by_length is False
+        assert bench.tunery_recipe(args, "full_random", Path("/tmp/unused")).method.name == "full"
