@@ -74,6 +74,39 @@ def test_index_reuses_a_key_only_while_its_outputs_exist(tmp_path):
     assert index.cache_key("clean", "c" * 64) != fresh
 
 
+def _record_many(workdir: str, writer: int, count: int) -> None:
+    index = cache.StageIndex(workdir)
+    for i in range(count):
+        key = f"{writer:02d}{i:062d}"
+        index.record("clean", key, f"tunery-clean-{key}-{writer}", [f"/out/{writer}/{i}"])
+
+
+def test_concurrent_runs_sharing_a_workdir_lose_no_index_entry(tmp_path):
+    # four real processes record 40 entries each into one index at the same time (runs sharing a workdir)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_record_many, args=(str(tmp_path), w, 40)) for w in range(4)]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    index = json.loads(cache.StageIndex(tmp_path).path.read_text(encoding="utf-8"))
+    assert len(index) == 160  # a read-modify-write race would drop some
+    assert index[f"clean:{3:02d}{39:062d}"]["outputs"] == ["/out/3/39"]
+    assert not list(index_dir_leftovers(tmp_path))
+
+
+def index_dir_leftovers(workdir):
+    """Temporary index files left behind (each write replaces the index atomically from one)."""
+    return (
+        p
+        for p in (workdir / "cache").iterdir()
+        if p.name.startswith(".data-stages.json.") and "lock" not in p.name
+    )
+
+
 def test_adopt_data_completes_the_run_folder_and_never_writes_through_links(tmp_path):
     old = RunLayout.create(tmp_path, "old")
     old.data_dir.mkdir(parents=True)

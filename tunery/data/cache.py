@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tunery.config import Recipe
 from tunery.data.ingest import expand_source
+from tunery.locking import exclusive
 
 STAGES = ("ingest", "clean", "split")
 _CODE = Path(__file__).resolve().parent
@@ -131,10 +132,14 @@ class StageIndex:
         return None
 
     def record(self, stage: str, content_key: str, cache_key: str, outputs: list[str]) -> None:
-        """Remember that ``cache_key`` produced ``outputs`` (atomic replace of the index file)."""
+        """Remember that ``cache_key`` produced ``outputs``.
+
+        Read-modify-write under a lock file (runs sharing a workdir record concurrently: without it, one
+        run's entry could be lost), then an atomic replace (readers never see a half-written index)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        index = self._load()
-        index[f"{stage}:{content_key}"] = {"cache_key": cache_key, "outputs": [str(p) for p in outputs]}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
-        tmp.replace(self.path)
+        with exclusive(self.path.with_name(f".{self.path.name}.lock")):
+            index = self._load()
+            index[f"{stage}:{content_key}"] = {"cache_key": cache_key, "outputs": [str(p) for p in outputs]}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}")
+            tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+            tmp.replace(self.path)

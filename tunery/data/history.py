@@ -21,7 +21,6 @@ serialised across processes, and a version file is written atomically before the
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import json
 import shutil
@@ -40,6 +39,7 @@ from tunery.data.ingest import DataError, ingest
 from tunery.data.near_dup import NearDuplicateIndex, normalise_many
 from tunery.data.split import SPLITS, assign, cluster_buckets
 from tunery.drops import Drop, content_sha256, state_dir
+from tunery.locking import exclusive
 
 _ROW_COUNTS = ("rows_in", "kept", "quarantined", "deduplicated", "exact_duplicates", "near_duplicates")
 
@@ -76,12 +76,8 @@ class DropDataset:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive across processes (blocks until the holder is done)."""
-        with open(self.root / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive(self.root / ".lock"):
+            yield
 
     def drop_dir(self, drop_id: str) -> Path:
         return self.root / "drops" / drop_id
