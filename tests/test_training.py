@@ -97,3 +97,85 @@ def test_method_learns_and_exports_a_plain_model(tmp_path, method):
     assert classifier.labels == ["neg", "pos"]
     predictions = classifier.predict(["the film was great number 1", "the film was awful number 3"])
     assert list(predictions) == ["pos", "neg"]
+
+
+def test_random_batches_without_dropout_train_exactly_like_a_plain_trainer(tmp_path, tiny_bert):
+    """tunery's loop adds no hidden change to the optimisation: with its random sampler and dropout off, it
+    takes the same steps as a plain HF Trainer script that pads to max_length (the training benchmark's
+    baseline), so any accuracy gap between the two comes from dropout's random masks, not from tunery.
+
+    Same seed -> same classifier head and batch order; padding positions are masked out of attention, so
+    dynamic padding changes the arithmetic only by float rounding. Compared: every step's loss and the
+    validation logits after 20 steps.
+    """
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    layout = write_splits(tmp_path)
+    settings = {"max_steps": 20, "learning_rate": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.01, "seed": 7}
+    recipe = recipe_for(
+        tiny_bert, "full", tmp_path, group_by_length=False, dropout=0.0, logging_steps=1, **settings
+    )
+    logger = ListLogger()
+    model_dir = train(recipe, layout, logger)
+    mine = [m["train/loss"] for _, m in logger.records if "train/loss" in m]
+
+    # the reference, written like run_glue.py: pad to max_length, default collator, random sampler
+    set_seed(7)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout=0.0,
+    )
+    label_ids = {"neg": 0, "pos": 1}  # tunery orders labels alphabetically
+
+    def encoded(frame: pd.DataFrame) -> Dataset:
+        data = tokenizer(list(frame["text"]), padding="max_length", max_length=16, truncation=True)
+        return Dataset.from_dict({**data, "label": [label_ids[x] for x in frame["label"]]})
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "reference"),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        warmup_steps=0.1,
+        weight_decay=0.01,
+        seed=7,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    reference = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded(pd.read_parquet(layout.split("train"))),
+        data_collator=default_data_collator,
+    )
+    reference.train()
+    theirs = [r["loss"] for r in reference.state.log_history if "loss" in r]
+
+    assert len(mine) == len(theirs) == 20
+    assert max(abs(a - b) for a, b in zip(mine, theirs, strict=True)) < 1e-4, (mine, theirs)
+    assert mine[0] != pytest.approx(mine[-1], abs=1e-3)  # it trained: the comparison is not of constants
+
+    validation = pd.read_parquet(layout.split("validation"))
+    batch = tokenizer(list(validation["text"]), padding=True, return_tensors="pt")
+    exported = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    reference.model.eval()
+    with torch.no_grad():
+        ours, ref = exported(**batch).logits.numpy(), reference.model(**batch).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
