@@ -32,11 +32,24 @@ def _service(proc, identity: str | None) -> stack.Service:
     return stack.Service("worker", proc.pid, "unused.log", command=["sleep", "120"], identity=identity)
 
 
-def test_identity_names_one_process_and_differs_between_processes(sleeper) -> None:
-    mine = stack.process_identity(sleeper.pid)
-    assert mine is not None and mine == stack.process_identity(sleeper.pid)  # stable while it runs
-    assert mine != stack.process_identity(os.getpid())  # another process, same boot
-    assert mine.split(":")[0] == stack.process_identity(os.getpid()).split(":")[0]  # same boot id
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def test_identity_is_the_boot_and_the_start_time_of_the_process(tmp_path: Path) -> None:
+    before = _uptime()
+    proc = stack.spawn("sleeper", ["sleep", "120"], tmp_path / "s.log")
+    try:
+        after = _uptime()
+        boot, ticks = stack.process_identity(proc.pid).split(":")
+        assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = int(ticks) / os.sysconf("SC_CLK_TCK")  # seconds after boot
+        assert before - 0.1 <= started <= after + 0.1, (before, started, after)
+        assert stack.process_identity(proc.pid) == f"{boot}:{ticks}"  # stable while it runs
+        assert stack.process_identity(os.getpid()) != f"{boot}:{ticks}"  # another process
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def test_a_reused_pid_is_neither_reported_running_nor_stopped(sleeper, tmp_path: Path) -> None:
@@ -59,9 +72,13 @@ def test_down_stops_the_process_it_started(sleeper, tmp_path: Path) -> None:
     assert stack.status(tmp_path) == []
 
 
-def test_state_written_without_identity_still_works(sleeper, tmp_path: Path) -> None:
-    # a state.json from a platform without /proc (identity None): the PID alone is trusted, as before
-    legacy = _service(sleeper, identity=None)
+def test_state_without_identity_falls_back_to_the_command_line(sleeper, tmp_path: Path) -> None:
+    # a state.json from an older tunery (no identity): the PID counts as ours only if it runs our command
+    foreign = stack.Service("prefect", sleeper.pid, "unused.log", command=["prefect", "server", "start"])
+    stack.save_state(tmp_path, [foreign])
+    assert stack.status(tmp_path) == [(foreign, False)]
+    assert stack.down(tmp_path) == [] and sleeper.poll() is None
+    legacy = _service(sleeper, identity=None)  # command ["sleep", "120"]: what that PID runs
     stack.save_state(tmp_path, [legacy])
     assert stack.status(tmp_path) == [(legacy, True)]
     assert stack.down(tmp_path) == ["worker"]

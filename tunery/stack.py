@@ -44,7 +44,8 @@ class Service:
     url: str | None = None
     command: list[str] = field(default_factory=list)
     # boot id and start time of the process (see process_identity): a recorded PID that the kernel has
-    # since given to another process (after the service died, or after a reboot) does not match it
+    # since given to another process (after the service died, or after a reboot) does not match it;
+    # None where it could not be read (see is_running for what is checked then)
     identity: str | None = None
 
 
@@ -64,14 +65,30 @@ def process_identity(pid: int) -> str | None:
     return f"{boot}:{fields[19]}" if len(fields) > 19 else None
 
 
+def _command_line(pid: int) -> list[str] | None:
+    """The argument vector of a running process, from /proc (None where /proc cannot tell)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode("utf-8", errors="replace").rstrip("\0").split("\0")
+
+
 def is_running(service: Service) -> bool:
-    """Whether the service's own process still runs: its PID is alive and, where the start-up recorded the
-    process identity, that PID still names the same process (not a newer one that reused the number)."""
+    """Whether the service's own process still runs, not a newer one that reused its PID.
+
+    The PID must be alive and still name the recorded process: same identity (boot id + start time) when
+    the start-up recorded one; otherwise (a state file from an older tunery, or a start-up that could not
+    read /proc) the same command line, where /proc can tell. Only without /proc is the PID trusted alone.
+    """
     if not _alive(service.pid):
         return False
-    if service.identity is None:  # recorded without an identity (a platform without /proc)
+    if service.identity is not None:
+        return process_identity(service.pid) == service.identity
+    running = _command_line(service.pid)
+    if running is None or not service.command:
         return True
-    return process_identity(service.pid) == service.identity
+    return running == [str(part) for part in service.command]
 
 
 def free_port() -> int:
