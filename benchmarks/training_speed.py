@@ -496,7 +496,8 @@ def compare(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 if c["step_samples_per_s"] and base["step_samples_per_s"]
                 else None
             ),
-            "dev_accuracy_delta": round(c["dev_accuracy"] - base["dev_accuracy"], 4),
+            "dev_accuracy_delta": paired["mean"],
+            "dev_accuracy_delta_n": paired["n"],
             "dev_accuracy_delta_per_seed": paired["per_seed"],
             "dev_accuracy_delta_sd": paired["sd"],
             "dev_accuracy_delta_ci95": paired["ci95"],
@@ -647,7 +648,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats must be at least 1")
     if args.worker and args.workdir is None:
         parser.error("--worker needs --workdir")
-    args.configurations = tuple(k.strip() for k in args.configurations.split(",") if k.strip())
+    # in the order given, each once
+    args.configurations = tuple(dict.fromkeys(k.strip() for k in args.configurations.split(",") if k.strip()))
     unknown = sorted(set(args.configurations) - set(WORKERS))
     if unknown or "baseline" not in args.configurations or len(args.configurations) < 2:
         parser.error(f"--configurations: baseline and at least one of {WORKERS[1:]} (unknown: {unknown})")
@@ -689,7 +691,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         budget: dict[str, Any] = {"skipped": True, "reason": reason}
         if args.budget_minutes > 0:
             budget = run_budget(args, workdir, configs["tunery_full"]["samples_per_s"])
-    partial.unlink(missing_ok=True)
     dev_rows = configs["baseline"]["dev_rows"]
     dev_se = 100 * math.sqrt(0.85 * 0.15 / dev_rows)
     budget_met = budget["dev_accuracy"] >= TARGET_BUDGET_ACCURACY if "dev_accuracy" in budget else None
@@ -718,7 +719,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "weight_decay": args.weight_decay,
             "warmup_ratio": args.warmup_ratio,
             "seed": args.seed,
-            "configurations": list(args.configurations),
+            "configurations": kinds,
             "model": MODEL,
             "budget_minutes": args.budget_minutes,
         },
@@ -745,7 +746,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "baseline's random sampler, so that dynamic padding is the only change to the batches)",
             "accuracy deltas are paired by seed (repeat i: seed + i for the sample and for training on every "
             "side); dev_accuracy_delta = their mean, with Student's t 95 % CI over seeds when repeats > 1; "
-            "a speed target is met when the ratio is >= 2 and the mean delta is >= 0",
+            "a speed target is met when the ratio is >= 2 and the mean delta is >= 0 (the point estimate; "
+            "the CI shows how far seed noise leaves it from 0)",
             "each configuration runs in its own fresh worker process; tunery's train() is called in-process "
             "there (not through launch_training), so process start-up and imports are not timed on either "
             "side; the configurations run one after the other (alternately when repeats > 1)",
@@ -776,6 +778,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    partial.unlink(missing_ok=True)  # only once the final JSON holds the runs
     print_table(configs, comparison, doc)
     print(f"cpu_count={os.cpu_count()}; load {doc['machine']['load_avg_1_5_15_at_end']}; wrote {args.out}")
     return doc

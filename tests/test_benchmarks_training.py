@@ -157,6 +157,9 @@ def test_paired_deltas_match_runs_by_seed_not_by_position() -> None:
     paired = bench.paired_deltas(mine, theirs)
     assert paired["per_seed"] == {"8": -0.05, "7": 0.02} and paired["n"] == 2
     assert paired["mean"] == pytest.approx(-0.015, abs=1e-4)
+    compared = bench.compare({"baseline": bench.summarise(theirs), "tunery_full": bench.summarise(mine)})
+    assert compared["tunery_full_vs_baseline"]["dev_accuracy_delta"] == paired["mean"]
+    assert compared["tunery_full_vs_baseline"]["dev_accuracy_delta_n"] == 2
     alone = bench.paired_deltas(mine[:1], theirs)
     assert alone["sd"] is None and alone["ci95"] is None and alone["mean"] == pytest.approx(-0.05)
 
@@ -165,7 +168,9 @@ def test_configurations_flag_needs_the_baseline_and_known_workers() -> None:
     bench = _load_benchmark()
     args = bench.parse_args(["--configurations", "baseline,full_random", "--budget-minutes", "0"])
     assert args.configurations == ("baseline", "full_random")
-    for bad in ("full,lora", "baseline", "baseline,fast"):
+    again = bench.parse_args(["--configurations", "baseline,full,baseline,full", "--budget-minutes", "0"])
+    assert again.configurations == ("baseline", "full")  # each worker once
+    for bad in ("full,lora", "baseline", "baseline,baseline", "baseline,fast"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--configurations", bad, "--budget-minutes", "0"])
     with pytest.raises(SystemExit):  # the budget run needs the full worker's measured speed
