@@ -8,12 +8,13 @@ Fine-tuning the packaged MiniLM (all-MiniLM-L6-v2) on SST-2 sentiment, CPU only:
 * tunery: ``tunery.training.train`` on a run folder whose splits hold the same sample (train) and the dev
   set (validation and test), for ``method.name`` ``full`` and ``lora`` (r=8 on query/value, with a higher
   learning rate, as usual for adapters): dynamic padding (``DataCollatorWithPadding``), the batch sampler of
-  tunery's default recipe (``training.group_by_length``; ``--tunery-sampling`` overrides it), with its
-  default per-epoch validation and checkpoints.
+  tunery's default recipe (``training.group_by_length``, off by default; ``--tunery-sampling`` overrides
+  it), with its default per-epoch validation and checkpoints. ``full_grouped`` and ``full_random`` are
+  tunery full with length-grouped batches and with random batches whatever the default.
 
 Both get the same seeded sample of ``--train-samples`` training rows, the same epochs, batch size, learning
 rate (full), weight decay, warmup and seed, and are evaluated on the SST-2 dev set (872 rows). Each
-configuration runs in a fresh worker process of this script (``--worker baseline|full|lora``), one after
+configuration runs in a fresh worker process of this script (``--worker KIND``), one after
 the other (alternately when ``--repeats`` > 1), so that each worker's peak RSS is that method's alone.
 Repeat ``i`` uses seed ``--seed + i`` (sample and training) for every configuration, so that the accuracy
 comparison is paired per seed and averaged over seeds: one seed's dev accuracy moves by about a point.
@@ -73,10 +74,12 @@ DEFAULT_TRAIN_SAMPLES = 4000
 QUICK_TRAIN_SAMPLES = 256
 QUICK_DEV_ROWS = 200
 RESULT_PREFIX = "TRAINING_SPEED_RESULT "
-WORKERS = ("baseline", "full", "full_random", "lora")
+WORKERS = ("baseline", "full", "full_grouped", "full_random", "lora")
+DEFAULT_WORKERS = ("baseline", "full", "full_grouped", "lora")  # full_random = full while grouping is off
 CONFIG_NAMES = {
     "baseline": "baseline",
     "full": "tunery_full",
+    "full_grouped": "tunery_full_grouped",
     "full_random": "tunery_full_random",
     "lora": "tunery_lora",
 }
@@ -273,16 +276,18 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
 def sampling_override(args: argparse.Namespace, kind: str = "full") -> dict[str, bool]:
     """``training.group_by_length`` for a worker: ``full_random`` always samples at random (the baseline's
-    sampler); ``full`` and ``lora`` follow ``--tunery-sampling`` (nothing: the recipe's default)."""
-    if kind == "full_random":
-        return {"group_by_length": False}
+    sampler), ``full_grouped`` always groups by length; ``full`` and ``lora`` follow ``--tunery-sampling``
+    (nothing: the recipe's default)."""
+    if kind in ("full_random", "full_grouped"):
+        return {"group_by_length": kind == "full_grouped"}
     if args.tunery_sampling == "default":
         return {}
     return {"group_by_length": args.tunery_sampling == "group_by_length"}
 
 
 def tunery_recipe(args: argparse.Namespace, kind: str, workdir: Path) -> Any:
-    """The recipe of a tunery worker (``full``, ``full_random`` or ``lora``): tunery's defaults except the
+    """The recipe of a tunery worker (``full``, ``full_grouped``, ``full_random`` or ``lora``): tunery's
+    defaults except the
     settings shared with the baseline."""
     from tunery.config import Recipe
 
@@ -583,7 +588,7 @@ def print_table(configs: dict[str, dict[str, Any]], comparison: dict[str, Any], 
             f"({_times(c['step_samples_per_s_ratio'])} within the optimiser steps), "
             f"dev accuracy {100 * c['dev_accuracy_delta']:+.2f} points{spread}"
         )
-    for key in ("speedup", "speedup_random_batches"):
+    for key in ("speedup", "speedup_length_grouped", "speedup_random_batches"):
         speed = doc["targets"].get(key)
         if speed:
             print(
@@ -626,8 +631,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--configurations",
-        default=",".join(WORKERS),
-        help=f"comma-separated workers to run, baseline included (default: {','.join(WORKERS)})",
+        default=",".join(DEFAULT_WORKERS),
+        help=f"comma-separated workers out of {','.join(WORKERS)}, baseline included "
+        f"(default: {','.join(DEFAULT_WORKERS)})",
     )
     parser.add_argument(
         "--budget-minutes", type=float, default=10.0, help="budget run's training time (0: skip it)"
@@ -728,6 +734,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "budget": budget,
         "targets": {
             "speedup": speed_target(comparison, "tunery_full"),
+            "speedup_length_grouped": speed_target(comparison, "tunery_full_grouped"),
             "speedup_random_batches": speed_target(comparison, "tunery_full_random"),
             "budget_accuracy": {
                 "target": TARGET_BUDGET_ACCURACY,
@@ -740,10 +747,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             f"padding='max_length' (max_length {MAX_LENGTH}, truncation), default_data_collator, "
             "random sampler (no length grouping), logging off, save_strategy 'no', use_cpu",
             "tunery = tunery.training.train on prepared splits: dynamic padding (DataCollatorWithPadding), "
-            "its recipe defaults otherwise (length-grouped batches unless --tunery-sampling says otherwise, "
-            "validation at each epoch end, a checkpoint every 200 steps, export of the trained model after "
-            "training); tunery_full_random = tunery full with training.group_by_length false (the "
-            "baseline's random sampler, so that dynamic padding is the only change to the batches)",
+            "its recipe defaults otherwise (random batches unless --tunery-sampling says otherwise: "
+            "training.group_by_length is off by default; validation at each epoch end, a checkpoint every "
+            "200 steps, export of the trained model after training); tunery_full_grouped / "
+            "tunery_full_random = tunery full with training.group_by_length true / false whatever the "
+            "default (random: the baseline's sampler, so that dynamic padding is the only change)",
             "accuracy deltas are paired by seed (repeat i: seed + i for the sample and for training on every "
             "side); dev_accuracy_delta = their mean, with Student's t 95 % CI over seeds when repeats > 1; "
             "a speed target is met when the ratio is >= 2 and the mean delta is >= 0 (the point estimate; "

@@ -21,7 +21,7 @@ from tunery.config import TrainingConfig
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 SCRIPT = REPO / "benchmarks" / "training_speed.py"
-CONFIGURATIONS = {"baseline", "tunery_full", "tunery_full_random", "tunery_lora"}
+CONFIGURATIONS = {"baseline", "tunery_full", "tunery_full_grouped", "tunery_lora"}  # the default set
 FIELDS = {
     "train_rows",
     "dev_rows",
@@ -78,17 +78,18 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path) -> 
     assert configs["tunery_full"]["padding"] == "dynamic"
     default_grouping = TrainingConfig().group_by_length  # the benchmark follows tunery's recipe default
     assert configs["tunery_full"]["sampling"] == ("group_by_length" if default_grouping else "random")
-    assert configs["tunery_full_random"]["sampling"] == "random"
+    assert configs["tunery_full_grouped"]["sampling"] == "group_by_length"
     assert doc["settings"]["seeds"] == [42] and [r["seed"] for r in configs["tunery_full"]["runs"]] == [42]
 
     base = configs["baseline"]
-    for name in ("tunery_full", "tunery_full_random", "tunery_lora"):
+    for name in ("tunery_full", "tunery_full_grouped", "tunery_lora"):
         c, cmp = configs[name], doc["comparison"][f"{name}_vs_baseline"]
         expected = c["samples_per_s"] / base["samples_per_s"]
         assert cmp["samples_per_s_ratio"] == pytest.approx(expected, rel=1e-2)
         assert cmp["dev_accuracy_delta"] == pytest.approx(c["dev_accuracy"] - base["dev_accuracy"], abs=1e-3)
 
-    for key, name in (("speedup", "tunery_full"), ("speedup_random_batches", "tunery_full_random")):
+    assert doc["targets"]["speedup_random_batches"] is None  # full_random did not run
+    for key, name in (("speedup", "tunery_full"), ("speedup_length_grouped", "tunery_full_grouped")):
         speed = doc["targets"][key]
         ratio = doc["comparison"][f"{name}_vs_baseline"]["samples_per_s_ratio"]
         assert speed["configuration"] == name and speed["samples_per_s_ratio"] == ratio
@@ -184,6 +185,7 @@ def test_sampling_flag_overrides_the_recipe_default_only_when_given() -> None:
         recipe = bench.tunery_recipe(args, "full", Path("/tmp/unused"))
         default = TrainingConfig().group_by_length
         assert recipe.training.group_by_length == (default if expected is None else expected)
-        # full_random always takes the baseline's random sampler, whatever the flag says
-        assert bench.tunery_recipe(args, "full_random", Path("/tmp/unused")).training.group_by_length is False
-        assert bench.tunery_recipe(args, "full_random", Path("/tmp/unused")).method.name == "full"
+        # full_random / full_grouped always take random / length-grouped batches, whatever the flag says
+        for kind, grouped in (("full_random", False), ("full_grouped", True)):
+            forced = bench.tunery_recipe(args, kind, Path("/tmp/unused"))
+            assert forced.training.group_by_length is grouped and forced.method.name == "full"
