@@ -274,7 +274,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def sampling_override(args: argparse.Namespace, kind: str = "full") -> dict[str, bool]:
+def sampling_override(args: argparse.Namespace, kind: str) -> dict[str, bool]:
     """``training.group_by_length`` for a worker: ``full_random`` always samples at random (the baseline's
     sampler), ``full_grouped`` always groups by length; ``full`` and ``lora`` follow ``--tunery-sampling``
     (nothing: the recipe's default)."""
@@ -287,8 +287,7 @@ def sampling_override(args: argparse.Namespace, kind: str = "full") -> dict[str,
 
 def tunery_recipe(args: argparse.Namespace, kind: str, workdir: Path) -> Any:
     """The recipe of a tunery worker (``full``, ``full_grouped``, ``full_random`` or ``lora``): tunery's
-    defaults except the
-    settings shared with the baseline."""
+    defaults except the settings shared with the baseline."""
     from tunery.config import Recipe
 
     method = "lora" if kind == "lora" else "full"
@@ -468,10 +467,11 @@ def paired_deltas(mine: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> d
     by_seed = {r["seed"]: r["dev_accuracy"] for r in theirs}
     deltas = {str(r["seed"]): r["dev_accuracy"] - by_seed[r["seed"]] for r in mine if r["seed"] in by_seed}
     values = list(deltas.values())
+    mean = statistics.fmean(values) if values else None
     result: dict[str, Any] = {
         "per_seed": {k: round(v, 4) for k, v in deltas.items()},
         "n": len(values),
-        "mean": round(statistics.fmean(values), 4) if values else None,
+        "mean": round(mean, 4) if mean is not None else None,
         "sd": None,
         "ci95": None,
     }
@@ -480,7 +480,6 @@ def paired_deltas(mine: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> d
 
         sd = statistics.stdev(values)
         half = t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
-        mean = statistics.fmean(values)
         result.update(sd=round(sd, 4), ci95=[round(mean - half, 4), round(mean + half, 4)])
     return result
 
