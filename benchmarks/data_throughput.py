@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import _machine
+import hostinfo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -327,7 +327,7 @@ def warm_up(rows: pd.DataFrame, impl: str) -> None:
 
 def machine_info() -> dict[str, Any]:
     """The machine and the versions of the packages that do the work in this benchmark."""
-    return _machine.machine_info(("pandas", "datasets", "numpy", "pyarrow", "datasketch", "tunery"))
+    return hostinfo.machine_info(("pandas", "datasets", "numpy", "pyarrow", "datasketch", "tunery"))
 
 
 def peak_rss_mb() -> float:

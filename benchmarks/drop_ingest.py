@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import _machine
+import hostinfo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -101,9 +101,9 @@ def _write_drop(frame, zone: Path, name: str, suffix: str) -> None:
 
 def one_sequence(drops: list, dataset: str, baseline: bool) -> list[dict[str, float]]:
     """Drop the slices one by one into a fresh zone; time tunery's update (and the baseline) per drop."""
-    from tunery import continuous
-    from tunery import drops as drop_zone
-    from tunery.data.history import DropDataset
+    from tunery.continual import continuous
+    from tunery.continual import drops as drop_zone
+    from tunery.continual.history import DropDataset
 
     root = Path(tempfile.mkdtemp(prefix="tunery-drop-bench-"))
     try:
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"{args.drops} drops x {args.rows} rows exceed the {len(full)} rows of {args.dataset}")
     shuffled = full.sample(frac=1.0, random_state=0).reset_index(drop=True)
     slices = [shuffled.iloc[k * args.rows : (k + 1) * args.rows] for k in range(args.drops)]
-    machine = _machine.machine_info(("pandas", "datasets", "scikit-learn", "tunery"))
+    machine = hostinfo.machine_info(("pandas", "datasets", "scikit-learn", "tunery"))
     one_sequence(
         slices[:2], args.dataset, baseline=False
     )  # warm-up: imports, tokenizer-free cleaning pool start-up
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": {"stage_ratio_at_most": TARGET_RATIO, "met": ratios["stage"] <= TARGET_RATIO},
         "sequences": sequences,
     }
-    _machine.write_result(args.out, doc)
+    hostinfo.write_result(args.out, doc)
     print(f"{'drop':>4} {'history':>8} {'stage s':>8} {'update s':>9} {'baseline s':>11}")
     for row in per_drop:
         base = f"{row['baseline_s']:>11.2f}" if "baseline_s" in row else f"{'-':>11}"

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import _machine
+import hostinfo
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "orchestration_overhead.json"
@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not modes or set(modes) - {"ephemeral", "server"}:
         parser.error("--modes takes ephemeral and/or server")
 
-    from tunery import stack
+    from tunery.ops import stack
 
-    machine = _machine.machine_info(("prefect", "torch", "transformers", "mlflow", "tunery"))
+    machine = hostinfo.machine_info(("prefect", "torch", "transformers", "mlflow", "tunery"))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tunery-orchestration-") as tmp:
         root = Path(tmp)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "the server runs on the same 2 cores as the flow",
         ],
     }
-    _machine.write_result(args.out, doc)
+    hostinfo.write_result(args.out, doc)
     for mode, r in results.items():
         print(
             f"{mode:<10} flow {r['flow_wall_s']:.1f} s, tasks {r['task_compute_s']:.1f} s, "

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import _machine
+import hostinfo
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "serving_latency.json"
@@ -97,7 +97,7 @@ def in_process(model_ref: str, tracking_uri: str, texts: list[str], duration: fl
     import mlflow
     import pandas as pd
 
-    from tunery.scoring import model_uri
+    from tunery.serving.scoring import model_uri
 
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(model_uri(model_ref), dst_path=tempfile.mkdtemp(prefix="tunery-bench-"))
@@ -180,7 +180,7 @@ class Phase:
 
 def start_server(model_ref: str, tracking_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     """``tunery serve`` on a free loopback port; waits for ``/ping``."""
-    from tunery import stack
+    from tunery.ops import stack
 
     port = stack.free_port()
     command = [sys.executable, "-m", "tunery.cli", "serve", model_ref, "--port", str(port)]
@@ -214,9 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from tunery import stack
+    from tunery.ops import stack
 
-    machine = _machine.machine_info(("torch", "transformers", "mlflow", "uvicorn", "tunery"))
+    machine = hostinfo.machine_info(("torch", "transformers", "mlflow", "uvicorn", "tunery"))
     texts = load_texts(args.texts)
     with tempfile.TemporaryDirectory(prefix="tunery-serving-") as tmp:
         workdir = Path(tmp)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "is the cost of HTTP, JSON and the scoring server",
         ],
     }
-    _machine.write_result(args.out, doc)
+    hostinfo.write_result(args.out, doc)
     print(f"{'phase':<22}{'requests':>9}{'errors':>7}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}")
     print(
         f"{'in-process':<22}{baseline['requests']:>9}{0:>7}{baseline['throughput_rps']:>9.1f}"

@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import _machine
+import hostinfo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -322,7 +322,7 @@ def run_tunery(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """Write the sample to a run folder's splits, call ``tunery.training.train`` in-process; measure it."""
     import torch
 
-    import tunery.training
+    import tunery.training.loop
     from tunery.layout import SPLITS, RunLayout
 
     data = load_data(args.data_dir, args.train_samples, args.dev_rows, args.seed)
@@ -336,14 +336,9 @@ def run_tunery(args: argparse.Namespace, kind: str) -> dict[str, Any]:
             split, index=False
         )
     recipe = tunery_recipe(args, kind, Path(args.workdir))
-    # The step clock is added to tunery's own callbacks by wrapping its (private) _callbacks; if that
-    # function is gone, tunery runs unchanged and the step figures are reported as None.
-    clock = step_clock() if callable(getattr(tunery.training, "_callbacks", None)) else None
-    if clock is not None:
-        own_callbacks = tunery.training._callbacks
-        tunery.training._callbacks = lambda *a, **kw: [*own_callbacks(*a, **kw), clock]
+    clock = step_clock()
     started = time.perf_counter()
-    tunery.training.train(recipe, layout)
+    tunery.training.loop.train(recipe, layout, callbacks=[clock])
     total = time.perf_counter() - started
     metrics = json.loads((layout.train_dir / "metrics.json").read_text(encoding="utf-8"))
     shutil.rmtree(layout.root, ignore_errors=True)  # checkpoints and the export: hundreds of MB
@@ -378,7 +373,7 @@ def worker_main(args: argparse.Namespace) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    import tunery.training  # noqa: F401
+    import tunery.training.loop  # noqa: F401
 
     result = run_baseline(args) if args.worker == "baseline" else run_tunery(args, args.worker)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -556,7 +551,7 @@ def run_budget(args: argparse.Namespace, workdir: Path, samples_per_s: float) ->
 
 def machine_info() -> dict[str, Any]:
     """The machine and the versions of the packages that do the work in this benchmark."""
-    return _machine.machine_info(
+    return hostinfo.machine_info(
         ("torch", "transformers", "peft", "datasets", "accelerate", "pandas", "tunery")
     )
 
@@ -765,7 +760,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "evaluation (tunery: also the export)",
             "step_s = time inside the optimiser steps (forward, backward, clipping, update; from "
             "on_step_begin to on_step_end of a step-clock callback, added to tunery's callbacks by wrapping "
-            "tunery.training._callbacks); outside_steps_s = wall_s - step_s (batch collation, logging, "
+            "the callbacks argument of tunery.training.loop.train); outside_steps_s = wall_s - step_s (batch collation, logging, "
             "in-loop evaluation, checkpoint saves); step_samples_per_s = trained samples / step_s. A "
             "diagnostic: the headline is samples_per_s",
             f"LoRA (r={LORA_R}, alpha={LORA_ALPHA}, query/value) uses learning rate "

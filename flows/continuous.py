@@ -29,8 +29,8 @@ from tasks.continuous import (
     warm_start,
 )
 from tasks.model import close_run, evaluate_model, open_run, register_model, train_model
-from tunery import continuous
 from tunery.config import Recipe, RecipeError, load_recipe, resolve_paths
+from tunery.continual import continuous
 
 
 class DriftDecision(RunInput):

@@ -13,10 +13,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from tasks._retry import retry_unless_bad_input
-from tunery import continuous, drift, drops, tracking
+from tasks.retry import retry_unless_bad_input
+from tunery import registry, tracking
 from tunery.config import Recipe
+from tunery.continual import continuous, drift, drops
 from tunery.data.report import markdown as data_markdown
+from tunery.evaluation import forgetting
 from tunery.layout import RunLayout
 
 
@@ -138,7 +140,7 @@ def materialise_dataset(
 @task(name="warm-start", retries=2, retry_delay_seconds=5)
 def warm_start(recipe: Recipe, run_dir: str) -> Recipe:
     """The recipe to train with: starting from the champion's weights when asked and possible."""
-    start, why = continuous.warm_start(recipe, RunLayout(Path(run_dir)))
+    start, why = registry.warm_start(recipe, RunLayout(Path(run_dir)))
     get_run_logger().info(why)
     return start
 
@@ -146,7 +148,7 @@ def warm_start(recipe: Recipe, run_dir: str) -> Recipe:
 @task(name="check-forgetting", retries=1, retry_delay_seconds=5)
 def check_forgetting(recipe: Recipe, run_dir: str) -> dict:
     """Compare the model with the champion on each earlier drop's test rows (the gate reads the result)."""
-    result = continuous.forgetting_check(recipe, RunLayout(Path(run_dir)))
+    result = forgetting.forgetting_check(recipe, RunLayout(Path(run_dir)))
     logger = get_run_logger()
     for drop_id, block in result["slices"].items():
         logger.info(

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 from prefect.transactions import get_transaction
 
-from tasks._retry import retry_unless_bad_input
+from tasks.retry import retry_unless_bad_input
 from tunery import tracking
 from tunery.config import Recipe
 from tunery.data import cache, report, stages

@@ -11,10 +11,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 
-from tasks._retry import retry_unless_bad_input
-from tunery import evaluation, launch, registry, report, tracking
+from tasks.retry import retry_unless_bad_input
+from tunery import registry, tracking
 from tunery.config import Recipe
+from tunery.evaluation import evaluate as evaluation
+from tunery.evaluation import report
 from tunery.layout import RunLayout
+from tunery.training import launch
 
 
 @task(name="open-run", retries=2, retry_delay_seconds=5)

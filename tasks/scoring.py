@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from tasks._retry import retry_unless_bad_input
-from tunery import scoring
+from tasks.retry import retry_unless_bad_input
+from tunery.serving import scoring
 
 
 @task(name="score", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_bad_input)

@@ -130,7 +130,7 @@ def tiny_llama(tmp_path_factory, smollm2_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend store; stopped by its PID at the end."""
-    from tunery import stack
+    from tunery.ops import stack
 
     service = stack.start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
     yield service.url
@@ -147,7 +147,7 @@ def postgres_mlflow_server():
     import shutil
     import tempfile
 
-    from tunery import stack
+    from tunery.ops import stack
 
     root = Path(tempfile.mkdtemp(prefix="tunery-pg-lane-"))
     root.chmod(0o755)

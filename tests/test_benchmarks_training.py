@@ -103,7 +103,7 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path) -> 
 def _load_benchmark():
     import importlib.util
 
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling _machine
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling hostinfo
     try:
         spec = importlib.util.spec_from_file_location("training_speed", SCRIPT)
         module = importlib.util.module_from_spec(spec)

@@ -136,7 +136,7 @@ def test_impossible_combinations_fail_before_any_work(tmp_path, overrides, fragm
 
 
 def test_continuous_drop_zone_defaults_to_the_data_source_and_is_anchored(tmp_path):
-    from tunery.drops import zone_uri
+    from tunery.continual.drops import zone_uri
 
     recipe = resolve_paths(load_recipe(write(tmp_path, MINIMAL), ["continuous.settle_seconds=1"]), tmp_path)
     assert zone_uri(recipe) == str(tmp_path / "data.csv")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tunery.config import GateConfig
-from tunery.evaluation import paired_bootstrap
+from tunery.evaluation.metrics import paired_bootstrap
 from tunery.registry import decide
 
 
@@ -150,7 +150,7 @@ def test_forgetting_does_not_apply_without_a_champion():
 def test_no_promotion_over_a_champion_that_another_run_made_meanwhile(tmp_path):
     """Two retrains overlap: the one that finishes second was compared with the old champion only."""
     from tunery.config import DataConfig, MlflowConfig, Recipe
-    from tunery.registry import GateDecision, _still_current
+    from tunery.registry import GateDecision, still_current
     from tunery.tracking import client
 
     recipe = Recipe(
@@ -165,12 +165,12 @@ def test_no_promotion_over_a_champion_that_another_run_made_meanwhile(tmp_path):
         mlf.create_model_version("gate-model", source=str(tmp_path))
     mlf.set_registered_model_alias("gate-model", "champion", "1")
     promote = GateDecision("champion", "better", 0.9, 0.8)
-    assert _still_current(recipe, {"champion_version": "1"}, promote) == promote
+    assert still_current(recipe, {"champion_version": "1"}, promote) == promote
     keep = GateDecision("challenger", "worse", 0.7, 0.8)
-    assert _still_current(recipe, {"champion_version": "1"}, keep) == keep
+    assert still_current(recipe, {"champion_version": "1"}, keep) == keep
     mlf.set_registered_model_alias("gate-model", "champion", "2")  # another run promoted version 2
-    late = _still_current(recipe, {"champion_version": "1"}, promote)
+    late = still_current(recipe, {"champion_version": "1"}, promote)
     assert late.alias == "challenger"
     assert "champion changed during this run (version 1 -> version 2)" in late.reason
-    first = _still_current(recipe, {"champion_version": None}, promote)  # "no champion yet" is stale too
+    first = still_current(recipe, {"champion_version": None}, promote)  # "no champion yet" is stale too
     assert first.alias == "challenger" and "(no champion -> version 2)" in first.reason

@@ -34,7 +34,7 @@ def _fail(message: str) -> None:
 def _checked_recipe(recipe_path: Path, overrides: list[str]) -> Recipe:
     """Load and validate a recipe and check that its data source exists; exit cleanly if not."""
     from tunery.data.ingest import DataError, expand_source
-    from tunery.methods import MethodUnavailable, check_supported
+    from tunery.training.methods import MethodUnavailable, check_supported
 
     try:
         recipe = resolve_paths(load_recipe(recipe_path, overrides), Path.cwd())
@@ -115,7 +115,7 @@ def serve(
     """Serve a registered model over REST with MLflow's scoring server (runs until interrupted)."""
     import subprocess
 
-    from tunery import scoring
+    from tunery.serving import scoring
 
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri or scoring.default_tracking_uri())
     # MLflow starts `uvicorn` by name: make this environment's scripts findable even when the venv is not
@@ -157,9 +157,9 @@ def score(
 @app.command()
 def lineage(model: ModelArg, tracking_uri: TrackingOpt = None) -> None:
     """Print the data drops a registered model version was trained on (NAME@ALIAS or NAME@VERSION)."""
-    from tunery import scoring
-    from tunery.lineage import LineageError, lineage_text
-    from tunery.lineage import lineage as read_lineage
+    from tunery.continual.lineage import LineageError, lineage_text
+    from tunery.continual.lineage import lineage as read_lineage
+    from tunery.serving import scoring
 
     try:
         info = read_lineage(model, tracking_uri or scoring.default_tracking_uri())
@@ -202,7 +202,7 @@ app.add_typer(drops_app, name="drops")
 @drops_app.command("list")
 def drops_list(recipe: RecipeArg) -> None:
     """List every drop of the recipe's zone: id, status, dataset version, name, detail."""
-    from tunery.drops import Manifest
+    from tunery.continual.drops import Manifest
 
     checked = resolve_paths(load_recipe(recipe), Path.cwd())
     for d in Manifest.of(checked).drops():
@@ -213,7 +213,7 @@ def drops_list(recipe: RecipeArg) -> None:
 @drops_app.command("requeue")
 def drops_requeue(recipe: RecipeArg, drop_id: Annotated[str, typer.Argument(help="Drop id.")]) -> None:
     """Put a failed, rejected or held drop back in line for the next retrain."""
-    from tunery.drops import Manifest
+    from tunery.continual.drops import Manifest
 
     checked = resolve_paths(load_recipe(recipe), Path.cwd())
     try:
@@ -241,7 +241,7 @@ def stack_up(
     deploy: Annotated[bool, typer.Option(help="Deploy every deployment of prefect.yaml.")] = True,
 ) -> None:
     """Start MLflow, a Prefect server and a worker (and PostgreSQL with --postgres); deploy; print the UIs."""
-    from tunery import stack
+    from tunery.ops import stack
 
     try:
         state = stack.up(
@@ -268,7 +268,7 @@ def stack_up(
 @stack_app.command("down")
 def stack_down(root: StackDirOpt = DEFAULT_STACK_DIR) -> None:
     """Stop the stack's processes: workers, then the Prefect server, MLflow, PostgreSQL."""
-    from tunery import stack
+    from tunery.ops import stack
 
     stopped = stack.down(root.resolve())
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -277,7 +277,7 @@ def stack_down(root: StackDirOpt = DEFAULT_STACK_DIR) -> None:
 @stack_app.command("status")
 def stack_status(root: StackDirOpt = DEFAULT_STACK_DIR) -> None:
     """Show the stack's processes and whether each is running (exit 1 if any is not)."""
-    from tunery import stack
+    from tunery.ops import stack
 
     found = stack.status(root.resolve())
     if not found:

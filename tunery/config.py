@@ -247,7 +247,8 @@ class DistributedConfig(_Section):
         1, ge=1, description="Processes per node (GPUs per node; CPU processes over gloo without GPUs)."
     )
     deepspeed: Literal["none", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"] = Field(
-        "none", description="DeepSpeed config from configs/deepspeed/<name>.json ('none': plain DDP/single)."
+        "none",
+        description="DeepSpeed config <name>.json shipped in tunery/training/zero_configs/ ('none': plain DDP/single).",
     )
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node jobs.")
     master_port: int | None = Field(

@@ -7,7 +7,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # the split names, in order; file names are f"{split}.parquet"
+
+# Inside a checkpoint folder: written once every rank has saved its part (a folder without it is a crash
+# mid-save and is never resumed from).
+COMPLETE_MARKER = "tunery_complete"
+
+# A base model converted once into a plain folder (the packaged GGUF): written last, so a folder without
+# it is an interrupted conversion and is redone.
+CONVERTED_MARKER = ".tunery-complete"
+
+# The model folder (``model/``): labels, task, cleaning and base of the trained model, read by serving.
+MODEL_META = "tunery_model.json"
+# How the model folder was exported (full / merged / adapter) and the numerical check's result.
+EXPORT_META = "tunery_export.json"
+# An ``adapter`` export keeps the frozen base and the peft adapter in these sub-folders.
+BASE_DIR = "base"
+ADAPTER_DIR = "adapter"
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,11 @@ class RunLayout:
     @property
     def train_dir(self) -> Path:
         return self.root / "train"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Resumable checkpoints of the training job, ``checkpoint-<step>`` folders."""
+        return self.train_dir / "checkpoints"
 
     @property
     def eval_dir(self) -> Path:

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunery.layout import CONVERTED_MARKER
+
 # Written last into a converted folder: a folder without it is not a finished conversion.
-COMPLETE_MARKER = ".tunery-complete"
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def build_once(target: Path, write: Callable[[Path], None], info: dict | None = 
     Raises:
         FileExistsError: ``target`` exists but was not made by this function (no marker).
     """
-    if (target / COMPLETE_MARKER).exists():
+    if (target / CONVERTED_MARKER).exists():
         return target
     if target.exists():
         raise FileExistsError(f"{target} exists but is not a finished conversion; delete it and retry")
@@ -106,12 +107,12 @@ def build_once(target: Path, write: Callable[[Path], None], info: dict | None = 
     try:
         staging.chmod(0o755)  # mkdtemp makes it private (0700); the cache is meant to be shared
         write(staging)
-        (staging / COMPLETE_MARKER).write_text(json.dumps({"complete": True, **(info or {})}))
+        (staging / CONVERTED_MARKER).write_text(json.dumps({"complete": True, **(info or {})}))
         try:
             os.rename(staging, target)
         except OSError:
             # rename onto a non-empty folder fails: another process finished first, use its folder
-            if not (target / COMPLETE_MARKER).exists():
+            if not (target / CONVERTED_MARKER).exists():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # nothing left after a successful rename

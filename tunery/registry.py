@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from tunery.config import GateConfig, Recipe
-from tunery.evaluation import headline
+from tunery.evaluation.metrics import headline
 from tunery.layout import RunLayout
 from tunery.tracking import client, git_commit
 
@@ -153,7 +155,7 @@ def load_predictor(recipe: Recipe, version: str) -> Callable[[pd.DataFrame], lis
 
 def _pyfunc(recipe: Recipe, layout: RunLayout):
     """The pyfunc to log for the task, with an input example and its output (for the signature)."""
-    from tunery.pyfunc import InstructionModel, TextClassifierModel, predictions_frame
+    from tunery.serving.pyfunc import InstructionModel, TextClassifierModel, predictions_frame
 
     test = pd.read_parquet(layout.split("test"))
     if recipe.task == "sft":
@@ -217,7 +219,7 @@ def _lineage_tags(layout: RunLayout) -> dict[str, str]:
     return tags
 
 
-def _still_current(recipe: Recipe, metrics: dict, decision: GateDecision) -> GateDecision:
+def still_current(recipe: Recipe, metrics: dict, decision: GateDecision) -> GateDecision:
     """No promotion over a champion this run was not compared with (another run promoted one meanwhile)."""
     if decision.alias != CHAMPION:
         return decision
@@ -256,7 +258,7 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
-    decision = _still_current(recipe, metrics, decide(metrics, recipe.evaluation.gate, recipe.task))
+    decision = still_current(recipe, metrics, decide(metrics, recipe.evaluation.gate, recipe.task))
     mlf = client(recipe)
     tags = {
         "tunery.gate.decision": decision.alias,
@@ -284,3 +286,78 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
         model_uri=f"models:/{name}@{decision.alias}",
         test_metrics={k: v for k, v in metrics["model"].items() if isinstance(v, float)},
     )
+
+
+# ------------------------------------------------------------------------------------- continuous learning
+
+
+def trained_versions(recipe: Recipe) -> set[int]:
+    """Dataset versions that already have a registered model version (tag ``tunery.dataset.version``)."""
+    from tunery.tracking import client
+
+    found = set()
+    for mv in client(recipe).search_model_versions(f"name='{recipe.mlflow.registered_model}'"):
+        value = (mv.tags or {}).get("tunery.dataset.version")
+        if value and value.isdigit():
+            found.add(int(value))
+    return found
+
+
+def warm_start(recipe: Recipe, layout: RunLayout) -> tuple[Recipe, str]:
+    """The recipe to train with: ``model.init_from`` set to the champion's exported model when the recipe
+    asks for a warm start, a champion exists, and its labels are this run's labels; else unchanged.
+
+    Returns:
+        The recipe, and a sentence saying which weights training starts from and why.
+    """
+    from tunery.layout import MODEL_META
+    from tunery.training.loop import label_list
+
+    if recipe.continuous is None or recipe.continuous.warm_start == "base":
+        return (
+            recipe,
+            f"training starts from the base model {recipe.model.base} (continuous.warm_start: base)",
+        )
+    version = current_champion(recipe)
+    if version is None:
+        return recipe, f"no champion yet: training starts from the base model {recipe.model.base}"
+    folder = download_model_dir(recipe, version, layout.root / "warm_start")
+    meta = json.loads((folder / MODEL_META).read_text(encoding="utf-8"))
+    labels = label_list(recipe, pd.read_parquet(layout.split("train")))
+    if meta.get("export_format") == "adapter":
+        return recipe, (
+            f"champion version {version} is an adapter export ({meta.get('method')}): its virtual tokens "
+            f"cannot seed a new model, training starts from the base model {recipe.model.base}"
+        )
+    if recipe.task == "classification" and meta.get("labels") != labels:
+        return recipe, (
+            f"champion version {version} has labels {meta.get('labels')}, this data {labels}: "
+            f"training starts from the base model {recipe.model.base}"
+        )
+    warm = recipe.model_copy(update={"model": recipe.model.model_copy(update={"init_from": str(folder)})})
+    return warm, f"warm start from champion version {version} ({folder})"
+
+
+def download_model_dir(recipe: Recipe, version: str, target: Path) -> Path:
+    """The exported model folder inside a registered pyfunc version's artifacts."""
+    import mlflow
+
+    from tunery.layout import MODEL_META
+    from tunery.tracking import client
+
+    client(recipe)
+    scratch = Path(tempfile.mkdtemp(prefix="tunery-warm-"))
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{recipe.mlflow.registered_model}/{version}", dst_path=str(scratch)
+            )
+        )
+        meta = next(local.rglob(MODEL_META), None)
+        if meta is None:
+            raise FileNotFoundError(f"model version {version} has no {MODEL_META}: not a tunery model")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(meta.parent, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

@@ -22,9 +22,9 @@ from tunery.data.near_dup import (
     lsh_params,
     minhash_signatures,
     near_duplicate_clusters,
-    normalise,
     shingles,
 )
+from tunery.data.normalise import normalise
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -9,14 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunery.data.text import (
-    STOPWORDS,
-    email_to_text,
-    expand_contractions,
-    html_to_text,
-    looks_like_email,
-    lowercase,
-    remove_stopwords,
+from tunery.data.pii import (
     replace_credit_cards,
     replace_emails,
     replace_ibans,
@@ -24,6 +17,8 @@ from tunery.data.text import (
     replace_urls,
     scrub_pii,
 )
+from tunery.data.text import email_to_text, html_to_text, looks_like_email
+from tunery.data.wording import STOPWORDS, expand_contractions, lowercase, remove_stopwords
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SPAM_ASSASSIN = SHARED_DATA / "spam_assassin" / "spam_assassin.jsonl"

@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import read_sms_spam
 from tunery.config import load_recipe, resolve_paths
-from tunery.drops import Manifest
+from tunery.continual.drops import Manifest
 from tunery.tracking import client
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -80,7 +80,7 @@ def first(scenario):
 
 
 def test_first_drop_trains_the_first_champion_with_its_lineage(first, scenario, mlflow_server):
-    from tunery.lineage import lineage
+    from tunery.continual.lineage import lineage
 
     found, result = first
     assert [d["uri"] for d in found["new"]] == [str(scenario["zone"] / "drop-1.tsv")]
@@ -113,7 +113,7 @@ def flipped(first, scenario):
 
 
 def test_a_drop_that_makes_the_model_forget_is_not_promoted(first, flipped, scenario, mlflow_server):
-    from tunery.lineage import lineage
+    from tunery.continual.lineage import lineage
 
     _, champion = first
     found, result = flipped

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_training import sentiment_frame
+from tests.training.test_loop import sentiment_frame
 
 pytestmark = pytest.mark.slow
 

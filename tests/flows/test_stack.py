@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, SHARED_DATA, read_sms_spam
-from tunery import stack
+from tunery.ops import process, stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -49,7 +49,7 @@ def live_stack(tmp_path_factory):
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_WORKER_PREFETCH_SECONDS="5",
     )
-    ports = [str(stack.free_port()), str(stack.free_port())]
+    ports = [str(process.free_port()), str(process.free_port())]
     up = _tunery(
         "stack", "up", "--root", str(root), "--prefect-port", ports[0], "--mlflow-port", ports[1], env=env
     )
@@ -478,8 +478,8 @@ def drop_zone_runs(live_stack, tmp_path_factory):
 
 def test_drops_are_each_processed_once_with_the_right_lineage(live_stack, drop_zone_runs):
     from tunery.config import load_recipe
-    from tunery.drops import Manifest
-    from tunery.lineage import lineage
+    from tunery.continual.drops import Manifest
+    from tunery.continual.lineage import lineage
 
     runs = drop_zone_runs
     assert all(r["state"]["type"] == "COMPLETED" for r in runs["learn_runs"]), [
@@ -516,7 +516,7 @@ def test_drops_are_each_processed_once_with_the_right_lineage(live_stack, drop_z
 
 def test_a_half_written_file_is_never_ingested(drop_zone_runs):
     from tunery.config import load_recipe
-    from tunery.drops import Manifest
+    from tunery.continual.drops import Manifest
 
     names = [d.name for d in Manifest.of(load_recipe(drop_zone_runs["recipe_path"])).drops()]
     assert "drop-4.tsv.part" not in names and (drop_zone_runs["zone"] / "drop-4.tsv.part").exists()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tunery.config import Recipe
 from tunery.data.ingest import expand_source
-from tunery.locking import exclusive
+from tunery.ops.locking import exclusive
 
 STAGES = ("ingest", "clean", "split")
 _CODE = Path(__file__).resolve().parent

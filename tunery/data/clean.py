@@ -19,8 +19,10 @@ from pathlib import Path
 import pandas as pd
 
 from tunery.config import CleaningConfig
+from tunery.data import pii, wording
 from tunery.data import text as tx
-from tunery.data.near_dup import near_duplicate_clusters, normalise_many
+from tunery.data.near_dup import near_duplicate_clusters
+from tunery.data.normalise import normalise_many
 
 # Zero-width and BOM characters that NFKC keeps but that only confuse tokenizers.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
@@ -56,7 +58,7 @@ def clean_text(text: str, cfg: CleaningConfig) -> str:
     if cfg.unicode_normalization != "none" and not text.isascii():
         text = unicodedata.normalize(cfg.unicode_normalization, text)
     text = text.translate(_INVISIBLE)
-    text = tx.scrub_pii(
+    text = pii.scrub_pii(
         text,
         emails=cfg.replace_emails,
         phones=cfg.replace_phones,
@@ -65,11 +67,11 @@ def clean_text(text: str, cfg: CleaningConfig) -> str:
         urls=cfg.replace_urls,
     )
     if cfg.expand_contractions:
-        text = tx.expand_contractions(text)
+        text = wording.expand_contractions(text)
     if cfg.lowercase:
-        text = tx.lowercase(text)
+        text = wording.lowercase(text)
     if cfg.remove_stopwords:
-        text = tx.remove_stopwords(text)
+        text = wording.remove_stopwords(text)
     if cfg.collapse_whitespace:
         text = " ".join(text.split())
     return text.strip()

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunery.plotting import figure, save
+
 
 def length_summary(lengths: pd.Series) -> dict[str, float]:
     """Character-length quantiles of a split's texts."""
@@ -56,28 +58,9 @@ def split_summary(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
     return out
 
 
-def _figure(width: float, height: float):
-    """A headless matplotlib figure (no display on servers and workers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height))
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def plot_lengths(parts: dict[str, pd.DataFrame], path: Path) -> Path:
     """Histogram of text length (characters, log scale) per split."""
-    fig, ax = _figure(7, 4)
+    fig, ax = figure(7, 4)
     lengths = [p["text"].str.len().clip(lower=1) for p in parts.values()]
     upper = max((int(s.max()) for s in lengths if len(s)), default=10)
     bins = np.logspace(0, np.log10(max(upper, 10)), 40)
@@ -90,13 +73,13 @@ def plot_lengths(parts: dict[str, pd.DataFrame], path: Path) -> Path:
     ax.set_ylabel("density")
     ax.set_title("Text length per split")
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_labels(summary: dict[str, dict], path: Path) -> Path:
     """Grouped bars: share of each label in each split (stratification at a glance)."""
     labels = sorted({label for s in summary.values() for label in s["label_shares"]})
-    fig, ax = _figure(max(6, 1.2 * len(labels) + 2), 4)
+    fig, ax = figure(max(6, 1.2 * len(labels) + 2), 4)
     width = 0.8 / max(len(summary), 1)
     for i, (name, s) in enumerate(summary.items()):
         shares = [s["label_shares"].get(label, 0.0) for label in labels]
@@ -105,7 +88,7 @@ def plot_labels(summary: dict[str, dict], path: Path) -> Path:
     ax.set_ylabel("share of split")
     ax.set_title("Label distribution per split")
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def markdown(report: dict) -> str:

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from tunery.config import SplitConfig
-from tunery.data.near_dup import NearDuplicateIndex, near_duplicate_clusters, normalise, normalise_many
-
-SPLITS = ("train", "validation", "test")
+from tunery.data.near_dup import NearDuplicateIndex, near_duplicate_clusters
+from tunery.data.normalise import normalise, normalise_many
+from tunery.layout import SPLITS
 
 
 class LeakageError(ValueError):

@@ -11,8 +11,8 @@ from tunery.config import Recipe
 from tunery.data import report
 from tunery.data.clean import clean
 from tunery.data.ingest import ingest
-from tunery.data.split import SPLITS, split
-from tunery.layout import RunLayout
+from tunery.data.split import split
+from tunery.layout import SPLITS, RunLayout
 
 
 def data_kind(recipe: Recipe) -> str:

@@ -1,0 +1,80 @@
+"""Real multi-process training jobs on CPU: the DeepSpeed launcher, 2 processes over gloo."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.training.test_loop import recipe_for, write_splits
+from tunery.training.launch import TrainingJobFailed, build_command, launch_training, render_deepspeed_config
+
+pytestmark = pytest.mark.slow
+
+STEP_LINE = re.compile(r"^step (\d+)/(\d+) .*?\bloss=([0-9.]+)")
+
+
+def run(recipe, layout) -> list[str]:
+    lines: list[str] = []
+    launch_training(recipe, layout, run_id=None, on_line=lines.append)
+    return lines
+
+
+def logged_losses(lines: list[str]) -> dict[int, float]:
+    return {int(m[1]): float(m[3]) for m in map(STEP_LINE.match, lines) if m}
+
+
+def test_zero2_two_processes_trains_and_loss_is_not_scaled(tiny_bert, tmp_path):
+    overrides = {"max_steps": 12, "logging_steps": 2, "save_steps": 100, "learning_rate": 1e-3}
+    single = recipe_for(tiny_bert, "full", tmp_path / "one", **overrides)
+    lines_1 = run(single, write_splits(tmp_path / "one"))
+
+    double = recipe_for(tiny_bert, "full", tmp_path / "two", **overrides)
+    double = double.model_copy(
+        update={
+            "distributed": double.distributed.model_copy(update={"num_processes": 2, "deepspeed": "zero2"})
+        }
+    )
+    layout = write_splits(tmp_path / "two")
+    lines_2 = run(double, layout)
+
+    assert any("deepspeed.launcher.runner" in line and "--num_gpus 2" in line for line in lines_2)
+    summary = json.loads((layout.train_dir / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_steps"] == 12
+    one, two = logged_losses(lines_1), logged_losses(lines_2)
+    assert set(one) == set(two) == {2, 4, 6, 8, 10, 12}
+    # Each process sees other batches, so losses differ a little; a world-size scaling bug doubles them.
+    ratios = [two[s] / one[s] for s in one]
+    assert all(0.6 < r < 1.5 for r in ratios), f"2-process loss / 1-process loss per step: {ratios}"
+    assert two[12] < two[2], "loss went down under ZeRO-2"
+    assert (layout.model_dir / "model.safetensors").exists()
+
+
+def test_rendered_deepspeed_config_fills_auto_from_the_recipe(tiny_bert, tmp_path):
+    recipe = recipe_for(tiny_bert, "full", tmp_path, batch_size=4, gradient_accumulation_steps=3)
+    recipe = recipe.model_copy(
+        update={"distributed": recipe.distributed.model_copy(update={"deepspeed": "zero3"})}
+    )
+    path = render_deepspeed_config(recipe, tmp_path / "ds.json")
+    config = json.loads(path.read_text())
+    assert config["train_micro_batch_size_per_gpu"] == 4
+    assert config["gradient_accumulation_steps"] == 3
+    assert config["gradient_clipping"] == 1.0
+    assert config["bf16"]["enabled"] is False and config["fp16"]["enabled"] is False
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["train_batch_size"] == "auto", "the world size is only known to the launched job"
+    cmd = build_command(recipe, tmp_path / "job.json", 29500)
+    assert cmd[2:4] == ["-m", "deepspeed.launcher.runner"] and cmd[-3:] == [
+        "--module",
+        "tunery.training.worker",
+        str(tmp_path / "job.json"),
+    ]
+
+
+def test_failing_job_reports_the_tail_of_its_log(tiny_bert, tmp_path):
+    recipe = recipe_for(tiny_bert, "full", tmp_path)
+    layout = write_splits(tmp_path)
+    layout.split("train").write_text("not parquet")  # the worker will crash reading it
+    with pytest.raises(TrainingJobFailed, match=r"exited with code 1; last lines:\n(.|\n)*train.parquet"):
+        run(recipe, layout)

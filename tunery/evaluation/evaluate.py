@@ -1,0 +1,235 @@
+"""Evaluation on the test split: the fine-tuned model, baselines and the current champion, all scored on
+exactly the same rows with scikit-learn metrics, plus plots, a sensitivity analysis and the paired
+bootstrap the champion/challenger gate reads.
+
+Classification (``eval/metrics.json``):
+
+- ``model`` / ``baselines[name]`` / ``champion``: accuracy; macro, weighted and per-class precision,
+  recall and F1; with class probabilities also ``auc_roc`` (binary: ROC AUC of the positive class
+  ``labels[1]``; multiclass: one-vs-rest macro average), ``log_loss``, ``ece`` (expected calibration
+  error, see :func:`reliability_bins`) and, for two classes, ``brier`` (Brier score of ``labels[1]``).
+  Metrics that need probabilities are left out, never imputed, when a predictor gives only labels; a
+  metric that is undefined on the test rows (AUC of a class absent from them) is left out as well and
+  named in ``undefined``.
+- ``baselines``: ``majority`` (the most frequent training label, scored as probability 1.0 for that
+  class, so AUC is 0.5 and log-loss is large by construction), ``tfidf_logreg`` (word 1-2 gram TF-IDF +
+  logistic regression fitted on the train split) and ``linear_probe`` (logistic regression on mean-pooled
+  last hidden states of the frozen, untuned base encoder; at most 5,000 seeded training rows).
+- ``sensitivity``: the model under perturbed test texts and per slice of the test rows.
+- ``gate_bootstrap``: paired bootstrap CI of (model - champion) on the primary metric (with a champion).
+- ``plots``: PNG paths relative to the run folder (confusion matrix, ROC curves, reliability diagram).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tunery.config import Recipe
+from tunery.evaluation.baselines import linear_probe_baseline, majority_baseline, tfidf_logreg_baseline
+from tunery.evaluation.generation import generation_metrics, perplexity
+from tunery.evaluation.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    ECE_BINS,
+    argmax_labels,
+    classification_metrics,
+    one_hot,
+    paired_bootstrap,
+    probability_rows,
+)
+from tunery.evaluation.plots import plot_confusion, plot_reliability, plot_roc_curves
+from tunery.evaluation.robustness import sensitivity_analysis
+from tunery.layout import RunLayout
+from tunery.serving.inference import TextClassifier
+
+# A champion's outputs for the test rows: labels (classification) or answers (sft) as a list; for
+# classification also a frame with ``label`` and ``prob_<label>`` columns (the registered pyfunc's output).
+Predictor = Callable[[pd.DataFrame], "list[str] | pd.DataFrame"]
+
+
+def champion_outputs(output, labels: Sequence[str]) -> tuple[list[str], np.ndarray | None]:
+    """A champion predictor's output -> (labels, probabilities in ``labels`` order or None).
+
+    Probabilities are used only when the output has exactly one ``prob_<label>`` column per current label.
+    """
+    if isinstance(output, pd.DataFrame):
+        predicted = output["label"].astype(str).tolist()
+        columns = [f"prob_{label}" for label in labels]
+        given = {c for c in output.columns if str(c).startswith("prob_")}
+        proba = output[columns].to_numpy(dtype=np.float64) if given == set(columns) else None
+        return predicted, proba
+    return [str(v) for v in output], None
+
+
+def evaluate(
+    recipe: Recipe, layout: RunLayout, champion: Predictor | None = None, champion_version: str | None = None
+) -> Path:
+    """Score the run's model, the baselines and (optionally) the champion on the same test rows.
+
+    Args:
+        recipe: the validated recipe.
+        layout: the run folder (reads ``model/`` and the splits; writes ``eval/``).
+        champion: predictions of the current champion for a frame of test rows, if there is one.
+        champion_version: the registry version behind ``champion`` (recorded for the gate).
+
+    Returns:
+        The path of ``eval/metrics.json``: ``{"model": ..., "baselines": {...}, "champion": ... | null}``
+        (classification adds ``sensitivity``, ``gate_bootstrap`` and ``plots``; see the module docstring).
+    """
+    layout.eval_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.task == "sft":
+        result = _evaluate_sft(recipe, layout, champion)
+    else:
+        result = _evaluate_classification(recipe, layout, champion)
+    result.update(
+        {"primary_metric": recipe.evaluation.gate.metric(recipe.task), "champion_version": champion_version}
+    )
+    layout.metrics.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return layout.metrics
+
+
+def _evaluate_classification(recipe: Recipe, layout: RunLayout, champion: Predictor | None) -> dict:
+    from tunery.models import resolve_model
+
+    test = pd.read_parquet(layout.split("test"))
+    train = pd.read_parquet(layout.split("train"))
+    classifier = TextClassifier(layout.model_dir, batch_size=recipe.training.eval_batch_size)
+    labels = classifier.labels
+    texts, truth = test["text"].tolist(), test["label"].astype(str).tolist()
+
+    # The test split holds cleaned text already; cleaning again would be a no-op, so skip it.
+    predict_proba = functools.partial(classifier.predict_proba, clean=False)
+
+    proba = probability_rows(predict_proba(texts), len(texts), len(labels))
+    predictions = argmax_labels(proba, labels)
+    model_metrics = classification_metrics(truth, predictions, labels, proba)
+    sensitivity = sensitivity_analysis(predict_proba, texts, truth, labels, predictions)
+    del classifier, predict_proba  # free the fine-tuned model before the linear probe loads the base
+
+    majority = majority_baseline(train, len(test))
+    tfidf_pred, tfidf_proba = tfidf_logreg_baseline(train, texts, labels)
+    probe_pred, probe_proba, probe_info = linear_probe_baseline(
+        resolve_model(recipe.model.base),
+        train,
+        texts,
+        labels,
+        max_length=recipe.model.max_length,
+        seed=recipe.training.seed,
+    )
+    baselines = {
+        "majority": {
+            **classification_metrics(truth, majority, labels, one_hot(majority, labels)),
+            "note": "constant prediction scored as probability 1.0 for the majority class "
+            "(AUC-ROC 0.5; log-loss is large by construction)",
+        },
+        "tfidf_logreg": classification_metrics(truth, tfidf_pred, labels, tfidf_proba),
+        "linear_probe": {
+            **classification_metrics(truth, probe_pred, labels, probe_proba),
+            "info": probe_info,
+        },
+    }
+
+    frame = pd.DataFrame({"text": texts, "label": truth, "predicted": predictions})
+    frame["correct"] = frame["predicted"] == frame["label"]
+    for i, label in enumerate(labels):
+        frame[f"prob_{label}"] = proba[:, i]
+    frame["tfidf_logreg_predicted"] = tfidf_pred
+    frame["linear_probe_predicted"] = probe_pred
+
+    champion_metrics, gate_bootstrap = None, None
+    if champion:
+        champion_pred, champion_proba = champion_outputs(champion(test), labels)
+        champion_metrics = classification_metrics(truth, champion_pred, labels, champion_proba)
+        if champion_proba is None:
+            champion_metrics["note"] = "the champion gave labels only: probability metrics omitted"
+        frame["champion_predicted"] = champion_pred
+        frame["champion_correct"] = frame["champion_predicted"] == frame["label"]
+        gate_bootstrap = paired_bootstrap(
+            truth,
+            predictions,
+            champion_pred,
+            labels,
+            recipe.evaluation.gate.metric(recipe.task),
+            resamples=BOOTSTRAP_RESAMPLES,
+            seed=BOOTSTRAP_SEED,
+        )
+    frame.to_parquet(layout.eval_dir / "predictions.parquet", index=False)
+
+    eval_dir = layout.eval_dir
+    plots = {
+        "confusion_matrix": plot_confusion(truth, predictions, labels, eval_dir / "confusion_matrix.png"),
+        "roc_curves": plot_roc_curves(truth, proba, labels, eval_dir / "roc_curves.png"),
+        "reliability": plot_reliability(
+            truth,
+            {"model": proba, "tfidf_logreg": tfidf_proba, "linear_probe": probe_proba},
+            labels,
+            eval_dir / "reliability.png",
+        ),
+    }
+    return {
+        "labels": labels,
+        "model": model_metrics,
+        "baselines": baselines,
+        "champion": champion_metrics,
+        "gate_bootstrap": gate_bootstrap,
+        "sensitivity": sensitivity,
+        "plots": {name: path.relative_to(layout.root).as_posix() for name, path in plots.items()},
+        "notes": {
+            "ece": f"expected calibration error, {ECE_BINS} equal-width bins of the max class probability",
+            "auc_roc": "binary: positive class labels[1]; multiclass: one-vs-rest macro average",
+            "predictions": "eval/predictions.parquet: per-row predictions of the model, baselines, champion",
+        },
+    }
+
+
+def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None) -> dict:
+    """Perplexity on the whole test split; generations on a sample, scored against the references."""
+    from transformers import AutoTokenizer
+
+    from tunery.models import resolve_model
+    from tunery.training import export, methods
+    from tunery.training.sft import generate_answers
+
+    test = pd.read_parquet(layout.split("test"))
+    sample = test.head(recipe.evaluation.generation_samples).reset_index(drop=True)
+    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    model = export.load_exported(layout.model_dir, "sft")
+    base = methods.load_base_model(resolve_model(recipe.model.base), "sft", None, recipe).eval()
+    generate = dict(
+        system_prompt=recipe.sft.system_prompt, max_new_tokens=recipe.sft.generation_max_new_tokens
+    )
+    answers = generate_answers(model, tokenizer, sample, **generate)
+    base_answers = generate_answers(base, tokenizer, sample, **generate)
+    references = sample["output"].tolist()
+    pd.DataFrame(
+        {
+            "instruction": sample["instruction"],
+            "input": sample["input"],
+            "reference": references,
+            "answer": answers,
+            "untuned_answer": base_answers,
+        }
+    ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
+    tuned = {
+        **generation_metrics(references, answers),
+        "perplexity": perplexity(model, tokenizer, test, recipe),
+    }
+    zero_shot = {
+        **generation_metrics(references, base_answers),
+        "perplexity": perplexity(base, tokenizer, test, recipe),
+    }
+    return {
+        "model": tuned,
+        "baselines": {"zero_shot": zero_shot},
+        "champion": generation_metrics(references, champion(sample)) if champion else None,
+        "samples": [
+            {"instruction": i, "reference": r, "answer": a, "untuned_answer": b}
+            for i, r, a, b in zip(sample["instruction"], references, answers, base_answers, strict=True)
+        ][:8],
+    }

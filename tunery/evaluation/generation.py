@@ -1,0 +1,79 @@
+"""Metrics of generated answers (sft): ROUGE-L, GSM8K-style ``#### N`` exact match, and perplexity on
+the answer tokens."""
+
+import math
+import re
+
+import pandas as pd
+
+from tunery.config import Recipe
+
+_FINAL_NUMBER = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")
+
+
+def rouge_l(reference: str, candidate: str) -> float:
+    """ROUGE-L F1 on lower-cased whitespace tokens (longest common subsequence)."""
+    ref, cand = reference.lower().split(), candidate.lower().split()
+    if not ref or not cand:
+        return float(ref == cand)
+    prev = [0] * (len(cand) + 1)
+    for r in ref:
+        row = [0]
+        for j, c in enumerate(cand):
+            row.append(prev[j] + 1 if r == c else max(prev[j + 1], row[j]))
+        prev = row
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def final_number(text: str) -> str | None:
+    """The ``#### N`` final answer of a text, normalised (no thousands separators), if it has one."""
+    match = _FINAL_NUMBER.search(text.strip())
+    return match[1].replace(",", "") if match else None
+
+
+def generation_metrics(references: list[str], answers: list[str]) -> dict:
+    """ROUGE-L over all rows; exact match of the final number over rows whose reference ends in ``#### N``."""
+    scores = [rouge_l(r, a) for r, a in zip(references, answers, strict=True)]
+    numeric = [(final_number(r), final_number(a)) for r, a in zip(references, answers, strict=True)]
+    numeric = [(r, a) for r, a in numeric if r is not None]
+    return {
+        "rouge_l": float(sum(scores) / len(scores)) if scores else 0.0,
+        "exact_match": float(sum(r == a for r, a in numeric) / len(numeric)) if numeric else None,
+        "exact_match_rows": len(numeric),
+        "n": len(scores),
+    }
+
+
+def perplexity(model, tokenizer, frame: pd.DataFrame, recipe: Recipe) -> float:
+    """exp(mean cross-entropy) over the answer tokens of every example (prompt tokens are masked)."""
+
+    import torch
+
+    from tunery.training.sft import SftCollator, build_sft_datasets
+
+    data, _ = build_sft_datasets(
+        {"test": frame}, tokenizer, recipe.model.max_length, recipe.sft.system_prompt, False
+    )
+    collate = SftCollator(tokenizer.pad_token_id)
+    total_loss, total_tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(data["test"]), recipe.training.eval_batch_size):
+            batch = collate(
+                [
+                    data["test"][i]
+                    for i in range(start, min(start + recipe.training.eval_batch_size, len(data["test"])))
+                ]
+            )
+            labels = batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            total_loss += float(loss)
+            total_tokens += int((target != -100).sum())
+    return math.exp(total_loss / max(total_tokens, 1))

@@ -1,0 +1,98 @@
+"""The MLflow pyfuncs that registered tunery models are served as.
+
+- classification: raw text in (a DataFrame with a ``text`` column, or a list of strings); the training-time
+  cleaning is applied; out: ``label`` plus one ``prob_<label>`` column per class.
+- sft: instructions in (a DataFrame with ``instruction`` and optional ``input`` columns, or a list of
+  instruction strings); out: the generated ``answer``.
+
+The serving environment needs ``tunery`` installed (the serving image and ``tunery serve`` have it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+
+def _texts(model_input) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        values = model_input[column].tolist()
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    else:
+        values = list(model_input)
+    return ["" if v is None else str(v) for v in values]
+
+
+def _instructions(model_input) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame) and "instruction" in model_input.columns:
+        frame = model_input.copy()
+    else:
+        frame = pd.DataFrame({"instruction": _texts(model_input)})
+    if "input" not in frame.columns:
+        frame["input"] = ""
+    return frame.fillna("").astype({"instruction": str, "input": str})
+
+
+def _frame(classifier, texts: list[str]) -> pd.DataFrame:
+    probs = classifier.predict_proba(texts, clean=True)
+    out = pd.DataFrame(probs, columns=[f"prob_{label}" for label in classifier.labels])
+    out.insert(0, "label", [classifier.labels[i] for i in probs.argmax(axis=1)] if len(texts) else [])
+    return out
+
+
+def predictions_frame(model_dir: str | Path, texts: list[str]) -> pd.DataFrame:
+    """What the classification pyfunc returns for ``texts``, computed from a model folder (signatures)."""
+    from tunery.serving.inference import TextClassifier
+
+    return _frame(TextClassifier(model_dir), texts)
+
+
+class TextClassifierModel(mlflow.pyfunc.PythonModel):
+    """Raw text in; label and class probabilities out."""
+
+    def load_context(self, context):
+        from tunery.serving.inference import TextClassifier
+
+        self._classifier = TextClassifier(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None):
+        return _frame(self._classifier, _texts(model_input))
+
+
+class InstructionModel(mlflow.pyfunc.PythonModel):
+    """Instructions in; generated answers out (greedy decoding with the model's chat template)."""
+
+    def load_context(self, context):
+        import json
+
+        from transformers import AutoTokenizer
+
+        from tunery.layout import MODEL_META
+        from tunery.training.export import load_exported
+
+        model_dir = Path(context.artifacts["model_dir"])
+        self._meta = json.loads((model_dir / MODEL_META).read_text())
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._model = load_exported(model_dir, "sft")
+
+    def predict(self, context, model_input, params=None):
+        from tunery.training.sft import generate_answers
+
+        rows = _instructions(model_input)
+        sft = self._meta.get("sft", {})
+        answers = generate_answers(
+            self._model,
+            self._tokenizer,
+            rows,
+            system_prompt=sft.get("system_prompt"),
+            max_new_tokens=int(
+                (params or {}).get("max_new_tokens", sft.get("generation_max_new_tokens", 128))
+            ),
+        )
+        return pd.DataFrame({"answer": answers})

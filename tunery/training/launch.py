@@ -1,0 +1,233 @@
+"""Launching a training job as its own process group, with the DeepSpeed launcher.
+
+The orchestrator (a Prefect task, or a plain ``tunery`` call) never trains in its own process: it writes a
+job spec, starts ``deepspeed --num_gpus N --module tunery.training.worker SPEC`` (N GPUs per node; without GPUs, N CPU
+processes over gloo; a hostfile for several nodes), streams the job's output line by line to a callback,
+enforces a timeout, and turns a non-zero exit into an error that carries the tail of the log.
+
+Checkpoints are written every ``training.save_steps`` steps; before each launch the newest *complete*
+checkpoint is found (incomplete ones, left by a crash mid-save, are removed) and the job resumes from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from tunery.config import Recipe
+from tunery.layout import COMPLETE_MARKER, RunLayout
+from tunery.ops.process import free_port, stop_group
+
+TAIL_LINES = 80
+ZERO_CONFIGS = "zero_configs"  # package-data folder of the DeepSpeed JSON configs, one per recipe choice
+# The module the launcher starts in every rank: its main() reads the job spec and runs loop.train().
+WORKER_MODULE = "tunery.training.worker"
+
+
+class TrainingJobFailed(RuntimeError):
+    """The training job exited with an error (the message carries the tail of its log)."""
+
+
+class TrainingTimeout(TrainingJobFailed):
+    """The training job ran longer than ``distributed.timeout_minutes`` and was stopped."""
+
+
+def deepspeed_config_text(name: str) -> str:
+    """The DeepSpeed JSON config ``name`` (``zero1`` ... ``zero3_offload``), with its "auto" values unfilled.
+
+    The configs ship inside the package (``tunery/training/zero_configs/``, found with importlib.resources,
+    so an installed wheel has them too); a folder in ``TUNERY_DEEPSPEED_CONFIGS`` replaces them.
+    """
+    override = os.environ.get("TUNERY_DEEPSPEED_CONFIGS")
+    source = (
+        Path(override) / f"{name}.json"
+        if override
+        else resources.files("tunery.training").joinpath(ZERO_CONFIGS, f"{name}.json")
+    )
+    if not source.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {name!r} not found at {source}")
+    return source.read_text(encoding="utf-8")
+
+
+def _fill(value: object, key: str, fills: dict[str, object]) -> object:
+    if isinstance(value, dict):
+        return {k: _fill(v, k, fills) for k, v in value.items()}
+    return fills.get(key, value) if value == "auto" else value
+
+
+def render_deepspeed_config(recipe: Recipe, out_path: Path) -> Path | None:
+    """Write the recipe's DeepSpeed config with its "auto" values filled in from the recipe.
+
+    Values that depend on the world size or the model (total batch size, bucket sizes) stay "auto" for
+    the HF Trainer to fill at start-up. Returns None when the recipe uses no DeepSpeed.
+    """
+    name = recipe.distributed.deepspeed
+    if name == "none":
+        return None
+    t = recipe.training
+    fills: dict[str, object] = {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "gradient_clipping": t.max_grad_norm,
+        "lr": t.learning_rate,
+        "weight_decay": t.weight_decay,
+    }
+    config = _fill(json.loads(deepspeed_config_text(name)), "", fills)
+    config["bf16"]["enabled"] = t.precision == "bf16"
+    config["fp16"]["enabled"] = t.precision == "fp16"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(config, indent=2))
+    return out_path
+
+
+def build_command(recipe: Recipe, spec_path: Path, port: int) -> list[str]:
+    """The launcher command line. A single process without DeepSpeed runs the worker directly (it sets up
+    a world of one itself)."""
+    dist = recipe.distributed
+    if dist.num_processes == 1 and dist.deepspeed == "none" and not dist.hostfile:
+        return [sys.executable, "-u", "-m", WORKER_MODULE, str(spec_path)]
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "deepspeed.launcher.runner",
+        "--master_port",
+        str(port),
+        "--no_local_rank",
+    ]
+    if dist.hostfile:
+        cmd += ["--hostfile", dist.hostfile]
+    cmd += ["--num_gpus", str(dist.num_processes), "--module", WORKER_MODULE, str(spec_path)]
+    return cmd
+
+
+def job_environment(recipe: Recipe, port: int, cuda: bool) -> dict[str, str]:
+    """Environment of the job: single-process rendezvous variables, CPU accelerator, thread split."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(recipe.workdir) / "torch_extensions"))
+    if not cuda:
+        env["DS_ACCELERATOR"] = "cpu"
+        threads = recipe.training.num_threads or max(
+            1, (os.cpu_count() or 1) // recipe.distributed.num_processes
+        )
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    # Rank variables come from the launcher; stale ones from a parent job must not leak into this one.
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        env.pop(name, None)
+    # No PYTHONPATH is added: the ranks run this interpreter (sys.executable), which imports tunery the way
+    # this process does (an installed wheel, or an editable install of a checkout).
+    return env
+
+
+def latest_complete_checkpoint(layout: RunLayout, remove_incomplete: bool = True) -> Path | None:
+    """The newest checkpoint with a completion marker; incomplete ones are removed (a crash mid-save)."""
+    root = layout.checkpoints
+    if not root.is_dir():
+        return None
+    found = sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
+    if remove_incomplete:
+        for path in found:
+            if path not in complete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[-1] if complete else None
+
+
+def write_spec(recipe: Recipe, layout: RunLayout, run_id: str | None, resume: Path | None) -> Path:
+    """The job spec the worker reads: recipe, run folder, MLflow run, checkpoint to resume from."""
+    ds_config = render_deepspeed_config(recipe, layout.train_dir / "deepspeed.json")
+    spec = {
+        "recipe": recipe.model_dump(mode="json"),
+        "run_dir": str(layout.root),
+        "run_id": run_id,
+        "resume_from": str(resume) if resume else None,
+        "deepspeed_config": str(ds_config) if ds_config else None,
+    }
+    path = layout.train_dir / "job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def _pump(stream, on_line: Callable[[str], None], tail: collections.deque) -> None:
+    for raw in iter(stream.readline, ""):
+        line = raw.rstrip("\n")
+        tail.append(line)
+        on_line(line)
+
+
+def run_job(cmd: list[str], env: dict[str, str], timeout_s: float, on_line: Callable[[str], None]) -> None:
+    """Run a command in its own process group, streaming its output; raise on failure or timeout."""
+    tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # own process group: a timeout stops the launcher and every rank
+    )
+    reader = threading.Thread(target=_pump, args=(proc.stdout, on_line, tail), daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        reader.join(timeout=5)
+        raise TrainingTimeout(
+            f"training job stopped after the {timeout_s / 60:.1f} min timeout (distributed.timeout_minutes); "
+            "last lines:\n" + "\n".join(tail)
+        ) from None
+    except BaseException:
+        stop_group(proc)
+        raise
+    reader.join(timeout=10)
+    if proc.returncode != 0:
+        raise TrainingJobFailed(
+            f"training job exited with code {proc.returncode}; last lines:\n" + "\n".join(tail)
+        )
+
+
+def launch_training(
+    recipe: Recipe,
+    layout: RunLayout,
+    run_id: str | None = None,
+    on_line: Callable[[str], None] = print,
+) -> Path:
+    """Train the recipe's model as a separate (multi-)process job and return the saved model folder.
+
+    Resumes from the newest complete checkpoint in the run folder, if any (a retried task continues where
+    the crashed attempt stopped).
+    """
+    import torch
+
+    from tunery.training.methods import check_supported
+
+    check_supported(recipe)
+    resume = latest_complete_checkpoint(layout)
+    if resume is not None:
+        on_line(f"tunery: resuming from {resume.name} (step {resume.name.split('-')[-1]})")
+    port = recipe.distributed.master_port or free_port()
+    spec = write_spec(recipe, layout, run_id, resume)
+    cmd = build_command(recipe, spec, port)
+    on_line("tunery: launching " + " ".join(cmd))
+    started = time.monotonic()
+    run_job(
+        cmd,
+        job_environment(recipe, port, torch.cuda.is_available()),
+        recipe.distributed.timeout_minutes * 60,
+        on_line,
+    )
+    on_line(f"tunery: training job finished in {time.monotonic() - started:.0f} s")
+    return layout.model_dir

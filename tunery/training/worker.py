@@ -1,0 +1,54 @@
+"""Entry point of one training process: ``python -m tunery.training.worker JOB_SPEC.json``.
+
+Started by the DeepSpeed launcher (one process per GPU, or per CPU slot over gloo) or directly for a single
+process. Only rank 0 logs at INFO and reports metrics; every rank records its PID so that operators (and the
+crash-recovery test) can find the processes of a job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m tunery.training.worker JOB_SPEC.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(args[0]).read_text())
+    if "RANK" not in os.environ:  # started directly, not by a launcher: a world of one process
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    rank = int(os.environ["RANK"])
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    if rank != 0:
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # one voice in the log: rank 0's
+
+    from tunery.config import Recipe
+    from tunery.layout import RunLayout
+    from tunery.tracking import MlflowLogger, NullLogger
+    from tunery.training.loop import train
+
+    recipe = Recipe.model_validate(spec["recipe"])
+    layout = RunLayout(Path(spec["run_dir"]))
+    pid_dir = layout.train_dir / "pids"
+    pid_dir.mkdir(parents=True, exist_ok=True)
+    (pid_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
+    logger = MlflowLogger(recipe, spec["run_id"]) if spec.get("run_id") and rank == 0 else NullLogger()
+    train(
+        recipe,
+        layout,
+        logger,
+        resume_from=spec.get("resume_from"),
+        deepspeed_config=spec.get("deepspeed_config"),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
