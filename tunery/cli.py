@@ -55,6 +55,30 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
     _checked_recipe(recipe, overrides or [])
 
 
+@app.command("recipe")
+def recipe_reference(
+    schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema (for editors).")] = False,
+    example: Annotated[
+        str | None, typer.Option(metavar="TASK", help="Print a starting recipe: classification or sft.")
+    ] = None,
+) -> None:
+    """Print the recipe format: every field with its type, default and meaning (also docs/recipe.md)."""
+    import json
+
+    from tunery import reference
+
+    if schema and example is not None:
+        _fail("give --schema or --example, not both")
+    if schema:
+        typer.echo(json.dumps(reference.json_schema(), indent=2))
+        return
+    try:
+        text = reference.reference_markdown() if example is None else reference.example_recipe(example)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(text, nl=False)
+
+
 def _prepare_environment(recipe: Recipe) -> None:
     """Project-local Prefect home and quiet telemetry, unless the user configured otherwise."""
     os.environ.setdefault("PREFECT_HOME", str(Path(recipe.workdir) / "prefect"))

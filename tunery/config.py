@@ -28,7 +28,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the data comes from and which columns mean what."""
 
-    source: str = Field(description="File path, glob, or fsspec URI of the data (relative to the recipe).")
+    source: str = Field(
+        description="File path, glob, or fsspec URI of the data (relative to the current directory)."
+    )
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
         "auto", description="File format; 'auto' decides from the file extension and content."
     )
@@ -128,9 +130,13 @@ class CleaningConfig(_Section):
 class SplitConfig(_Section):
     """Stratified train/validation/test split, deterministic for a given seed."""
 
-    train: float = Field(0.70, gt=0.0, lt=1.0)
-    validation: float = Field(0.15, gt=0.0, lt=1.0)
-    test: float = Field(0.15, gt=0.0, lt=1.0)
+    train: float = Field(0.70, gt=0.0, lt=1.0, description="Fraction of each class in the train split.")
+    validation: float = Field(
+        0.15, gt=0.0, lt=1.0, description="Fraction of each class in the validation split (early stopping)."
+    )
+    test: float = Field(
+        0.15, gt=0.0, lt=1.0, description="Fraction of each class in the test split (metrics and the gate)."
+    )
     seed: int = Field(42, description="Seed of the hash that orders rows within each class.")
 
     @model_validator(mode="after")
@@ -157,9 +163,11 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
+    """LoRA adapters (methods lora and qlora): trainable low-rank updates of the target modules."""
+
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the input of the LoRA layers.")
     target_modules: list[str] | None = Field(
         None, description="Module names to adapt; default chosen per architecture."
     )
@@ -168,7 +176,7 @@ class LoraConfig(_Section):
 class PromptLearningConfig(_Section):
     """prompt_tuning, p_tuning and prefix_tuning: trainable virtual tokens in front of the input."""
 
-    num_virtual_tokens: int = Field(20, ge=1, le=512)
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Number of trainable virtual tokens.")
     init_text: str | None = Field(
         None, description="prompt_tuning only: initialise the virtual tokens from this text."
     )
@@ -176,15 +184,24 @@ class PromptLearningConfig(_Section):
 
 
 class Ia3Config(_Section):
-    target_modules: list[str] | None = Field(None, description="Default chosen per architecture.")
-    feedforward_modules: list[str] | None = Field(None, description="Default chosen per architecture.")
+    """IA3 (method ia3): learned vectors that rescale attention and feed-forward activations."""
+
+    target_modules: list[str] | None = Field(
+        None, description="Module names to rescale; default chosen per architecture."
+    )
+    feedforward_modules: list[str] | None = Field(
+        None,
+        description="Which of `target_modules` are feed-forward layers; default chosen per architecture.",
+    )
 
 
 class QuantizationConfig(_Section):
     """qlora: the base model is loaded in 4 bits (bitsandbytes, CUDA only) and LoRA trains on top."""
 
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: NormalFloat4 or FP4.")
+    double_quant: bool = Field(
+        True, description="Quantise the quantisation constants too (saves about 0.4 bits per parameter)."
+    )
 
 
 METHODS = ("full", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "ia3")
@@ -192,6 +209,8 @@ PEFT_PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
 
 
 class MethodConfig(_Section):
+    """How the model is adapted: full fine-tuning or a PEFT method, with each method's settings."""
+
     name: Literal["full", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "ia3"] = Field(
         "full", description="Fine-tuning method."
     )
@@ -202,26 +221,34 @@ class MethodConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    """Optimisation, checkpoints and early stopping (a Hugging Face Trainer run)."""
+
     epochs: float = Field(3.0, gt=0.0, description="Training epochs (may be fractional).")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimiser steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Per-process training batch size.")
-    eval_batch_size: int = Field(64, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear")
-    weight_decay: float = Field(0.01, ge=0.0)
-    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    eval_batch_size: int = Field(64, ge=1, description="Per-process evaluation batch size.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Batches per optimiser step (effective batch: batch_size x this x processes)."
+    )
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0, description="Peak learning rate (after warmup).")
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup."
+    )
+    weight_decay: float = Field(0.01, ge=0.0, description="Weight decay of the AdamW optimiser.")
+    warmup_ratio: float = Field(
+        0.06, ge=0.0, lt=1.0, description="Fraction of the training steps spent ramping the learning rate up."
+    )
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping by global norm.")
     dropout: float | None = Field(
-        None, ge=0.0, lt=1.0, description="Override the model's dropout probabilities (None: keep)."
+        None, ge=0.0, lt=1.0, description="Override the model's dropout probabilities (null: keep)."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16 need a CUDA GPU that supports them."
     )
-    seed: int = Field(42)
-    logging_steps: int = Field(10, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (None: every epoch).")
+    seed: int = Field(42, description="Seed of weight initialisation, dropout and data order.")
+    logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimiser steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (null: every epoch).")
     group_by_length: bool = Field(
         False,
         description="Batch examples of similar length: less padding, ~2x the samples/s on short texts, but "
@@ -248,7 +275,7 @@ class DistributedConfig(_Section):
     )
     deepspeed: Literal["none", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"] = Field(
         "none",
-        description="DeepSpeed config <name>.json shipped in tunery/training/zero_configs/ ('none': plain DDP/single).",
+        description="DeepSpeed config <name>.json of tunery/training/zero_configs/ ('none': plain DDP).",
     )
     hostfile: str | None = Field(None, description="DeepSpeed hostfile for multi-node jobs.")
     master_port: int | None = Field(
@@ -272,6 +299,8 @@ SFT_METRICS = ("rouge_l", "exact_match")
 
 
 class GateConfig(_Section):
+    """The champion gate: when a newly trained model (the challenger) replaces the champion."""
+
     primary_metric: (
         Literal[
             "macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall", "rouge_l", "exact_match"
@@ -291,6 +320,8 @@ class GateConfig(_Section):
 
 
 class EvaluationConfig(_Section):
+    """Test-set evaluation and the gate that decides whether a new model becomes champion."""
+
     gate: GateConfig = Field(default_factory=GateConfig)
     generation_samples: int = Field(
         16, ge=1, description="sft: test rows answered by generation (ROUGE-L, exact match, sample table)."
@@ -298,10 +329,12 @@ class EvaluationConfig(_Section):
 
 
 class MlflowConfig(_Section):
+    """Where runs are tracked, and the name under which models are registered."""
+
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default: env MLFLOW_TRACKING_URI, else SQLite in the workdir."
     )
-    experiment: str = Field("tunery", min_length=1)
+    experiment: str = Field("tunery", min_length=1, description="MLflow experiment the runs are logged to.")
     registered_model: str = Field(..., min_length=1, description="Name of the registered model.")
 
     @field_validator("registered_model")
@@ -472,7 +505,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `tunery validate --help` for the recipe format)"
+            msg = "unknown key (check the spelling; the recipe format: `tunery recipe`, or docs/recipe.md)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"  - {loc}: {msg}")
