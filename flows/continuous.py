@@ -47,7 +47,7 @@ def _recipe(recipe_path: str, overrides: list[str] | None) -> Recipe:
     return recipe
 
 
-@flow(name="watch-drops", log_prints=True)
+@flow(name="watch-drops")
 def watch_drops(recipe_path: str, overrides: list[str] | None = None) -> dict:
     """Take the drop zone's new complete files into the manifest and announce them (a Prefect event)."""
     recipe = _recipe(recipe_path, overrides)
@@ -81,7 +81,7 @@ def _drift_decision(recipe: Recipe, update: dict) -> dict:
     }
 
 
-@flow(name="continuous-learning", log_prints=True)
+@flow(name="continuous-learning")
 def continuous_learning(recipe_path: str, overrides: list[str] | None = None) -> dict:
     """Fold new drops into the versioned dataset and retrain from the champion when the data changed.
 

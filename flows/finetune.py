@@ -14,7 +14,7 @@ from tasks.model import close_run, evaluate_model, open_run, register_model, tra
 from tunery.config import load_recipe, resolve_paths
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune")
 def finetune(recipe_path: str, overrides: list[str] | None = None) -> dict:
     """Fine-tune a model from a YAML recipe and register it in MLflow.
 

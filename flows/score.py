@@ -7,7 +7,7 @@ from prefect import flow
 from tasks.scoring import score_file
 
 
-@flow(name="batch-score", log_prints=True)
+@flow(name="batch-score")
 def batch_score(model: str, input_path: str, output_path: str, tracking_uri: str | None = None) -> str:
     """Score ``input_path`` with a registered model and write ``output_path``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,30 @@ def test_library_never_imports_prefect():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_a_failed_run_ends_with_one_error_line(tmp_path, verbose):
+    """The demo data with a zero quarantine allowance fails in the clean stage: quiet, the person sees the
+    stages up to the failure and one error line naming the full log, which holds the traceback; with
+    --verbose the library logs and the traceback are shown instead, and no log file is named."""
+    args = ["run", "configs/helpdesk.yaml", f"workdir={tmp_path}", "cleaning.max_quarantine_fraction=0.0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tunery.cli", *args, *(["--verbose"] if verbose else [])],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    shown = result.stdout + result.stderr
+    errors = [line for line in shown.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "QuarantineLimitExceeded" in errors[0], shown[-3000:]
+    if verbose:
+        assert "Traceback" in shown and "full log:" not in shown
+        return
+    assert "Traceback" not in shown and "LOAD_FAST" not in shown
+    assert "ingest" in result.stderr, "the stage lines reach the terminal"
+    log = next(line.split("full log: ", 1)[1] for line in shown.splitlines() if line.startswith("full log: "))
+    assert "Traceback" in Path(log).read_text(encoding="utf-8")

@@ -103,22 +103,49 @@ def _print_result(result: dict, recipe: Recipe, elapsed: float) -> None:
     typer.echo(f"open the results: mlflow ui --backend-store-uri {tracking_uri(recipe)} --port 5000")
 
 
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Show the full library logs (Prefect, MLflow, transformers) and tracebacks."
+    ),
+]
+
+
 @app.command()
-def run(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
-    """Run the finetune flow (ephemeral Prefect, or the server in PREFECT_API_URL)."""
+def run(recipe: RecipeArg, overrides: OverridesArg = None, verbose: VerboseOpt = False) -> None:
+    """Run the finetune flow (ephemeral Prefect, or the server in PREFECT_API_URL).
+
+    Shows one line per stage and a training bar; the full log goes to <workdir>/logs/ (--verbose: here).
+    """
+    import traceback
+
+    from tunery.ops.console import RunConsole, error_line
+
     overrides = overrides or []
     checked = _checked_recipe(recipe, overrides)
     _prepare_environment(checked)
     started = time.perf_counter()
-    from flows.finetune import finetune  # lazy: Prefect stays out of the library and of `validate`
+    console = RunConsole(checked.workdir, checked.name, verbose)
+    failure = None
+    with console:
+        from flows.finetune import finetune  # lazy: Prefect stays out of the library and of `validate`
 
-    try:
-        result = finetune(recipe_path=str(recipe), overrides=overrides)
-    except KeyboardInterrupt:
-        _fail("interrupted")
-    except Exception as exc:  # the Prefect log above holds the details; end with one clear line
-        _fail(f"the finetune flow failed: {type(exc).__name__}: {exc}")
+        console.attach()
+        try:
+            result = finetune(recipe_path=str(recipe), overrides=overrides)
+        except KeyboardInterrupt:
+            failure = "interrupted"
+        except Exception as exc:  # Prefect logged the traceback (the log file, or here with --verbose)
+            failure = f"the finetune flow failed: {error_line(exc)}"
+            if console.log is not None:
+                traceback.print_exc()  # into the log file, next to Prefect's record of it
+    if failure:
+        if console.log is not None:
+            typer.echo(f"full log: {console.log}", err=True)
+        _fail(failure)
     _print_result(result, checked, time.perf_counter() - started)
+    if console.log is not None:
+        typer.echo(f"full log: {console.log}")
 
 
 ModelArg = Annotated[str, typer.Argument(help="NAME@alias (default alias: champion), NAME/version or a URI.")]

@@ -165,6 +165,31 @@ def _pyfunc(recipe: Recipe, layout: RunLayout):
     return TextClassifierModel(), example, predictions_frame(layout.model_dir, example["text"].tolist())
 
 
+def pyfunc_signature(recipe: Recipe, layout: RunLayout):
+    """The registered pyfunc's signature, declared rather than inferred from an example (an inferred one
+    guesses column types from three rows, and MLflow warns about each integer it sees).
+
+    classification: ``text`` (string) in; ``label`` (string) and ``prob_<label>`` (double) per class out.
+    sft: ``instruction`` and optional ``input`` (strings) in, ``answer`` out; param ``max_new_tokens``.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from tunery.layout import MODEL_META
+
+    if recipe.task == "sft":
+        return ModelSignature(
+            inputs=Schema([ColSpec("string", "instruction"), ColSpec("string", "input", required=False)]),
+            outputs=Schema([ColSpec("string", "answer")]),
+            params=ParamSchema([ParamSpec("max_new_tokens", "long", recipe.sft.generation_max_new_tokens)]),
+        )
+    labels = json.loads((layout.model_dir / MODEL_META).read_text(encoding="utf-8"))["labels"]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("string", "label"), *(ColSpec("double", f"prob_{c}") for c in labels)]),
+    )
+
+
 def _requirements() -> list[str]:
     reqs = []
     for pkg in _SERVING_PACKAGES:
@@ -239,11 +264,10 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
         The registration: model name, version, alias given, the gate's reason and the test metrics.
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
-    python_model, example, output = _pyfunc(recipe, layout)
-    signature = infer_signature(example, output)
+    python_model, example, _ = _pyfunc(recipe, layout)
+    signature = pyfunc_signature(recipe, layout)
     name = recipe.mlflow.registered_model
     client(recipe)
     with mlflow.start_run(run_id=run_id):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -128,6 +129,31 @@ def data_metrics(report: dict) -> dict[str, float]:
     return flat
 
 
+_COLSPEC_TYPES = {"b": "boolean", "i": "long", "u": "long", "f": "double", "M": "datetime", "O": "string"}
+
+
+def dataset_entity(dataset, frame):
+    """The MLflow dataset entity of a split with its column types declared from the frame's dtypes.
+
+    MLflow would infer the schema and warn once per integer column that integers cannot hold missing
+    values; a split's columns are what they are (line numbers are integers), so they are declared.
+    """
+    from mlflow.data.dataset import Dataset as BaseDataset
+    from mlflow.entities import Dataset
+    from mlflow.types import ColSpec, Schema
+
+    columns = [ColSpec(_COLSPEC_TYPES.get(frame[c].dtype.kind, "string"), str(c)) for c in frame.columns]
+    base = BaseDataset.to_dict(dataset)  # name, digest, source: the base class does not infer a schema
+    return Dataset(
+        name=base["name"],
+        digest=base["digest"],
+        source_type=base["source_type"],
+        source=base["source"],
+        schema=json.dumps({"mlflow_colspec": Schema(columns).to_dict()}),
+        profile=json.dumps(dataset.profile),
+    )
+
+
 def log_split_inputs(recipe: Recipe, run_id: str, splits: dict[str, str], report: dict) -> None:
     """Record each split as an MLflow dataset input of the run (``mlflow.log_input``'s lineage).
 
@@ -153,13 +179,14 @@ def log_split_inputs(recipe: Recipe, run_id: str, splits: dict[str, str], report
             name=f"{recipe.name}-{name}",
             digest=summary["digest"][:32],
         )
+        entity = dataset_entity(dataset, frame)
         tags = [
             InputTag(MLFLOW_DATASET_CONTEXT, name),
             InputTag("tunery.sha256", summary["digest"]),
             InputTag("tunery.rows", str(summary["rows"])),
             InputTag("tunery.source", str(recipe.data.source)[:400]),
         ]
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+        inputs.append(DatasetInput(entity, tags))
     client(recipe).log_inputs(run_id, datasets=inputs)
 
 

@@ -8,6 +8,7 @@ must not replace the champion.
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -303,3 +304,44 @@ def test_serving_benchmark_runs_against_the_champion(first_run, mlflow_server, t
         assert 0 < phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"] <= phase["max_ms"]
     assert doc["baseline_in_process"]["requests"] > 0
     assert doc["targets"]["zero_errors"] == {"errors": 0, "met": True}
+
+
+def flow_run_messages(flow_run_id) -> list[str]:
+    """Every log message Prefect stored for a flow run, in time order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs, page = [], None
+    with get_client(sync_client=True) as client:
+        while page is None or len(page) == 200:  # the API returns at most 200 logs per call
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+                offset=len(logs),
+            )
+            logs += page
+    return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
+
+
+def test_the_run_log_reads_like_a_report(first_run):
+    """No bytecode, no library noise, each training step once, one final evaluation, stage summaries."""
+    messages = flow_run_messages(first_run["flow_run_id"])
+    text = "\n".join(messages)
+    for noise in (
+        "LOAD_FAST",
+        "LOAD_GLOBAL",
+        "LOAD REPORT",
+        "find_unused_parameters",
+        "Loading weights",
+        "Map:",
+    ):
+        assert noise not in text, noise
+    assert not [m for m in messages if m.lstrip().startswith("{'loss'")], "steps printed a second time"
+    steps = [m.split()[1] for m in messages if re.match(r"step \d+/\d+ ", m)]
+    assert steps and len(steps) == len(set(steps)), "each step line once"
+    evals = [m for m in messages if "eval_runtime" in m]
+    assert len(evals) == 1, f"one epoch: one evaluation, reused as the final one ({len(evals)} seen)"
+    assert any(m.startswith("rows in 1000 -> kept") for m in messages)
+    assert any(m.startswith("trained ") and "validation" in m for m in messages)
+    assert any(m.startswith("[1] scoring the model on") for m in messages), "evaluation reports its steps"
+    assert any(m.startswith("tunery: training ") for m in messages), "training says what it starts"

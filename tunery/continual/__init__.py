@@ -6,6 +6,6 @@
 - ``continuous``: update / hold / reject a batch of drops and materialise a dataset version for a run.
 - ``lineage``: which drops a registered model version learnt from.
 
-May import: ``tunery.config``, ``tunery.layout``, ``tunery.data``, ``tunery.registry``, ``tunery.tracking``,
+May import: ``tunery.config``, ``tunery.layout``, ``tunery.models``, ``tunery.data``, ``tunery.registry``,
 ``tunery.plotting``, ``tunery.ops`` (locking).
 """

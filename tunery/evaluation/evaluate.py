@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from tunery.evaluation.metrics import (
     probability_rows,
 )
 from tunery.evaluation.plots import plot_confusion, plot_reliability, plot_roc_curves
-from tunery.evaluation.robustness import sensitivity_analysis
+from tunery.evaluation.robustness import PERTURBATIONS, sensitivity_analysis
 from tunery.layout import RunLayout
 from tunery.serving.inference import TextClassifier
 
@@ -68,7 +69,11 @@ def champion_outputs(output, labels: Sequence[str]) -> tuple[list[str], np.ndarr
 
 
 def evaluate(
-    recipe: Recipe, layout: RunLayout, champion: Predictor | None = None, champion_version: str | None = None
+    recipe: Recipe,
+    layout: RunLayout,
+    champion: Predictor | None = None,
+    champion_version: str | None = None,
+    progress: Callable[[str, str], None] | None = None,
 ) -> Path:
     """Score the run's model, the baselines and (optionally) the champion on the same test rows.
 
@@ -77,16 +82,19 @@ def evaluate(
         layout: the run folder (reads ``model/`` and the splits; writes ``eval/``).
         champion: predictions of the current champion for a frame of test rows, if there is one.
         champion_version: the registry version behind ``champion`` (recorded for the gate).
+        progress: called with ("evaluate", message) as each long step starts and ends (minutes on CPU for
+            a few thousand rows: perturbations re-score the test split five times, the probe embeds it).
 
     Returns:
         The path of ``eval/metrics.json``: ``{"model": ..., "baselines": {...}, "champion": ... | null}``
         (classification adds ``sensitivity``, ``gate_bootstrap`` and ``plots``; see the module docstring).
     """
     layout.eval_dir.mkdir(parents=True, exist_ok=True)
+    step = _Steps(progress)
     if recipe.task == "sft":
-        result = _evaluate_sft(recipe, layout, champion)
+        result = _evaluate_sft(recipe, layout, champion, step)
     else:
-        result = _evaluate_classification(recipe, layout, champion)
+        result = _evaluate_classification(recipe, layout, champion, step)
     result.update(
         {"primary_metric": recipe.evaluation.gate.metric(recipe.task), "champion_version": champion_version}
     )
@@ -94,7 +102,24 @@ def evaluate(
     return layout.metrics
 
 
-def _evaluate_classification(recipe: Recipe, layout: RunLayout, champion: Predictor | None) -> dict:
+class _Steps:
+    """Reports each evaluation step with its size when it starts and its duration when the next begins."""
+
+    def __init__(self, progress: Callable[[str, str], None] | None):
+        self._progress = progress or (lambda stage, message: None)
+        self._started = time.monotonic()
+        self._index = 0
+
+    def __call__(self, message: str) -> None:
+        self._index += 1
+        self._progress(
+            "evaluate", f"[{self._index}] {message} ({time.monotonic() - self._started:.0f} s so far)"
+        )
+
+
+def _evaluate_classification(
+    recipe: Recipe, layout: RunLayout, champion: Predictor | None, step: _Steps
+) -> dict:
     from tunery.models import resolve_model
 
     test = pd.read_parquet(layout.split("test"))
@@ -106,14 +131,18 @@ def _evaluate_classification(recipe: Recipe, layout: RunLayout, champion: Predic
     # The test split holds cleaned text already; cleaning again would be a no-op, so skip it.
     predict_proba = functools.partial(classifier.predict_proba, clean=False)
 
+    step(f"scoring the model on {len(texts)} test rows")
     proba = probability_rows(predict_proba(texts), len(texts), len(labels))
     predictions = argmax_labels(proba, labels)
     model_metrics = classification_metrics(truth, predictions, labels, proba)
+    step(f"sensitivity: {len(PERTURBATIONS)} perturbations x {len(texts)} rows, length and class slices")
     sensitivity = sensitivity_analysis(predict_proba, texts, truth, labels, predictions)
     del classifier, predict_proba  # free the fine-tuned model before the linear probe loads the base
 
+    step(f"baselines: majority and TF-IDF + logistic regression on {len(train)} training rows")
     majority = majority_baseline(train, len(test))
     tfidf_pred, tfidf_proba = tfidf_logreg_baseline(train, texts, labels)
+    step(f"baseline: linear probe on frozen {recipe.model.base} ({len(train)} + {len(texts)} rows to embed)")
     probe_pred, probe_proba, probe_info = linear_probe_baseline(
         resolve_model(recipe.model.base),
         train,
@@ -144,6 +173,7 @@ def _evaluate_classification(recipe: Recipe, layout: RunLayout, champion: Predic
 
     champion_metrics, gate_bootstrap = None, None
     if champion:
+        step(f"scoring the champion on the same {len(texts)} rows, paired bootstrap")
         champion_pred, champion_proba = champion_outputs(champion(test), labels)
         champion_metrics = classification_metrics(truth, champion_pred, labels, champion_proba)
         if champion_proba is None:
@@ -162,6 +192,7 @@ def _evaluate_classification(recipe: Recipe, layout: RunLayout, champion: Predic
     frame.to_parquet(layout.eval_dir / "predictions.parquet", index=False)
 
     eval_dir = layout.eval_dir
+    step("plots: confusion matrix, ROC curves, reliability diagram")
     plots = {
         "confusion_matrix": plot_confusion(truth, predictions, labels, eval_dir / "confusion_matrix.png"),
         "roc_curves": plot_roc_curves(truth, proba, labels, eval_dir / "roc_curves.png"),
@@ -188,7 +219,7 @@ def _evaluate_classification(recipe: Recipe, layout: RunLayout, champion: Predic
     }
 
 
-def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None) -> dict:
+def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None, step: _Steps) -> dict:
     """Perplexity on the whole test split; generations on a sample, scored against the references."""
     from transformers import AutoTokenizer
 
@@ -204,6 +235,7 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None)
     generate = dict(
         system_prompt=recipe.sft.system_prompt, max_new_tokens=recipe.sft.generation_max_new_tokens
     )
+    step(f"generating answers to {len(sample)} test prompts (tuned and untuned model)")
     answers = generate_answers(model, tokenizer, sample, **generate)
     base_answers = generate_answers(base, tokenizer, sample, **generate)
     references = sample["output"].tolist()
@@ -216,6 +248,7 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None)
             "untuned_answer": base_answers,
         }
     ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
+    step(f"perplexity on {len(test)} test rows (tuned and untuned model)")
     tuned = {
         **generation_metrics(references, answers),
         "perplexity": perplexity(model, tokenizer, test, recipe),
@@ -227,9 +260,18 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None)
     return {
         "model": tuned,
         "baselines": {"zero_shot": zero_shot},
-        "champion": generation_metrics(references, champion(sample)) if champion else None,
+        "champion": _champion_generations(references, champion, sample, step),
         "samples": [
             {"instruction": i, "reference": r, "answer": a, "untuned_answer": b}
             for i, r, a, b in zip(sample["instruction"], references, answers, base_answers, strict=True)
         ][:8],
     }
+
+
+def _champion_generations(
+    references: list[str], champion: Predictor | None, sample, step: _Steps
+) -> dict | None:
+    if champion is None:
+        return None
+    step(f"generating the champion's answers to the same {len(sample)} prompts")
+    return generation_metrics(references, champion(sample))

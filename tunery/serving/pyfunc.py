@@ -61,7 +61,9 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
 
         self._classifier = TextClassifier(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input, params=None):
+    # The hint tells MLflow not to infer a signature from it (tunery declares one, registry.pyfunc_signature);
+    # a list of strings or a Series is accepted as well.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return _frame(self._classifier, _texts(model_input))
 
 
@@ -81,7 +83,7 @@ class InstructionModel(mlflow.pyfunc.PythonModel):
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self._model = load_exported(model_dir, "sft")
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from tunery.training.sft import generate_answers
 
         rows = _instructions(model_input)

@@ -1,9 +1,9 @@
 """Launching a training job as its own process group, with the DeepSpeed launcher.
 
 The orchestrator (a Prefect task, or a plain ``tunery`` call) never trains in its own process: it writes a
-job spec, starts ``deepspeed --num_gpus N --module tunery.training.worker SPEC`` (N GPUs per node; without GPUs, N CPU
-processes over gloo; a hostfile for several nodes), streams the job's output line by line to a callback,
-enforces a timeout, and turns a non-zero exit into an error that carries the tail of the log.
+job spec, starts ``deepspeed --num_gpus N --module tunery.training.worker SPEC`` (N GPUs per node; without
+GPUs, N CPU processes over gloo; a hostfile for several nodes), streams the job's output line by line to a
+callback, enforces a timeout, and turns a non-zero exit into an error that carries the tail of the log.
 
 Checkpoints are written every ``training.save_steps`` steps; before each launch the newest *complete*
 checkpoint is found (incomplete ones, left by a crash mid-save, are removed) and the job resumes from it.

@@ -10,6 +10,7 @@ safetensors folder (adapters merged where possible, checked numerically against 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -51,15 +52,63 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _evaluations_left(args, state, steps_left: int) -> int:
+    """Evaluations still to run in the ``steps_left`` remaining steps (by step or at each epoch's end)."""
+    if not steps_left:
+        return 0
+    if str(args.eval_strategy).endswith("steps") and args.eval_steps:
+        return steps_left // int(args.eval_steps)
+    steps_per_epoch = state.max_steps / max(state.num_train_epochs, 1)
+    return math.ceil(steps_left / steps_per_epoch) if steps_per_epoch else 0
+
+
 def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class Progress(TrainerCallback):
-        """Rank 0: one progress line per log event, and every Trainer log record to the metric logger."""
+        """Rank 0: a line when training starts, one per log event (and after steps 1 and 3, so that a slow
+        start is visible), and every Trainer log record to the metric logger.
+
+        The ETA is the mean time of the steps after the first one (which carries one-time costs: process
+        group set-up, first batch, kernel warm-up), evaluation time excluded, times the steps left, plus
+        the evaluations still to come at the duration the last one took."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self._start = time.monotonic()
             self._first_step = state.global_step
+            self._start = self._step_end = time.monotonic()
+            self._first_done: float | None = None  # when this process's first step ended
+            self._eval_s = self._eval_total_s = 0.0
+            if state.is_world_process_zero:
+                print(
+                    f"tunery: training {state.max_steps - state.global_step} of {state.max_steps} steps "
+                    f"(batch {args.per_device_train_batch_size} x {args.world_size} process(es) x "
+                    f"{args.gradient_accumulation_steps} accumulation)",
+                    flush=True,
+                )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._step_end = time.monotonic()
+            done = state.global_step - self._first_step
+            if done == 1:
+                self._first_done = self._step_end
+            if state.is_world_process_zero and done in (1, 3) and state.global_step % args.logging_steps:
+                print(f"step {state.global_step}/{state.max_steps} | {self._timing(args, state)}", flush=True)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            # evaluation runs right after the step that triggered it
+            self._eval_s = time.monotonic() - self._step_end
+            self._eval_total_s += self._eval_s
+
+        def _timing(self, args, state) -> str:
+            now = time.monotonic()
+            elapsed = now - self._start
+            done = state.global_step - self._first_step
+            if self._first_done is None or done < 2:
+                return f"{elapsed:.0f}s elapsed"
+            per_step = (now - self._first_done - self._eval_total_s) / (done - 1)
+            left = max(state.max_steps - state.global_step, 0)
+            eta = per_step * left + _evaluations_left(args, state, left) * self._eval_s
+            return f"{elapsed:.0f}s elapsed, {per_step:.2f}s/step, eta {eta:.0f}s"
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -69,12 +118,9 @@ def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
                 {k if k.startswith("eval_") else f"train/{k}": v for k, v in numeric.items()},
                 step=state.global_step,
             )
-            done = state.global_step - self._first_step
-            elapsed = time.monotonic() - self._start
-            eta = elapsed / done * (state.max_steps - state.global_step) if done else 0.0
             shown = " ".join(f"{k}={v:.4g}" for k, v in numeric.items() if k not in ("epoch", "step"))
-            step = f"step {state.global_step}/{state.max_steps}"
-            print(f"{step} {shown} | {elapsed:.0f}s elapsed, eta {eta:.0f}s", flush=True)
+            timing = self._timing(args, state)
+            print(f"step {state.global_step}/{state.max_steps} {shown} | {timing}", flush=True)
 
     class MarkComplete(TrainerCallback):
         """Mark a checkpoint complete once every rank has written its part (crash-safe resume)."""
@@ -94,7 +140,27 @@ def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
     return callbacks
 
 
-def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None):
+def _unused_trainable(model, batch: dict) -> list[str]:
+    """Trainable parameters that one forward and backward pass leaves without a gradient.
+
+    DDP must be told ``find_unused_parameters`` exactly when there are some (an extra graph traversal
+    every step otherwise, and a warning in the log). The pass restores the RNG state and clears the
+    gradients, so training is unchanged by it.
+    """
+    import torch
+
+    state, was_training = torch.get_rng_state(), model.training
+    model.train()
+    try:
+        model(**batch).loss.backward()
+        return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(state)
+        model.train(was_training)
+
+
+def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, find_unused: bool = False):
     import torch
     from transformers import TrainingArguments
 
@@ -140,6 +206,7 @@ def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None):
         average_tokens_across_devices=False,
         disable_tqdm=True,  # progress is one line per log event (readable in Prefect and CI logs)
         deepspeed=deepspeed_config,
+        ddp_find_unused_parameters=find_unused,  # DDP only (several processes, no DeepSpeed)
         # Without a GPU, accelerate only sees the launcher's process group when told it runs on CPU
         # (otherwise it falls back to a world of one and every rank trains on all the data).
         use_cpu=not torch.cuda.is_available(),
@@ -200,7 +267,7 @@ def train(
         The folder of the exported model (plain transformers format, tokenizer, ``tunery_model.json``).
     """
     import torch
-    from transformers import AutoTokenizer, Trainer, set_seed
+    from transformers import AutoTokenizer, PrinterCallback, Trainer, set_seed
 
     from tunery.training import methods
 
@@ -221,9 +288,15 @@ def train(
     )
     model = methods.apply_method(methods.load_base_model(base_path, recipe.task, labels, recipe), recipe)
     train_set, val_set, collator, metrics_fn, data_stats = _datasets(recipe, layout, tokenizer, labels)
+    find_unused = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed_config:
+        unused = _unused_trainable(model, collator([train_set[i] for i in range(min(2, len(train_set)))]))
+        find_unused = bool(unused)
+        if unused and _is_main():
+            print(f"tunery: {len(unused)} trainable parameter(s) get no gradient: {unused[:5]}", flush=True)
     trainer = Trainer(
         model=model,
-        args=_training_args(recipe, layout.checkpoints, deepspeed_config),
+        args=_training_args(recipe, layout.checkpoints, deepspeed_config, find_unused),
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=collator,
@@ -231,17 +304,29 @@ def train(
         compute_metrics=metrics_fn,
         callbacks=[*_callbacks(recipe, logger), *callbacks],
     )
+    # The Trainer's PrinterCallback prints every log record a second time, as a dict: Progress prints them.
+    trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     if resume_from and _is_main():
         print(f"tunery: resuming training from {resume_from}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
-    final_eval = trainer.evaluate()
-    final_dir = layout.train_dir / "final"
-    trainer.save_model(str(final_dir))  # every rank: ZeRO-3 gathers the weights here
+    final_eval = _final_evaluation(trainer)
+    zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_plugin.zero_stage == 3
+    if zero3:  # partitioned weights: every rank takes part in gathering them into one saved model
+        final_dir = layout.train_dir / "final"
+        trainer.save_model(str(final_dir))
     _barrier()
     if _is_main():
-        export = _export(recipe, layout, final_dir, base_path, labels, tokenizer, val_set, collator)
+        trainable = methods.trainable_summary(trainer.model)  # before a merge folds the adapters away
+        # Without ZeRO-3 rank 0 holds the whole trained model: export it from memory (one write); under
+        # ZeRO-3 reload the gathered copy outside DeepSpeed.
+        model = (
+            _reload(recipe, final_dir, base_path, labels)
+            if zero3
+            else trainer.accelerator.unwrap_model(trainer.model)
+        )
+        export = _export(recipe, layout, model, base_path, labels, tokenizer, val_set, collator)
         summary = {
             "train_loss": result.training_loss,
             "train_runtime_s": elapsed,
@@ -251,7 +336,7 @@ def train(
             "validation": {k.removeprefix("eval_"): v for k, v in final_eval.items()},
             "export": export,
             "data": data_stats,
-            "trainable_parameters": methods.trainable_summary(trainer.model),
+            "trainable_parameters": trainable,
             "world_size": trainer.args.world_size,  # as accelerate sees it (data is sharded by this)
         }
         (layout.train_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -271,11 +356,28 @@ def _reload(recipe: Recipe, final_dir: Path, base_path: str, labels: list[str] |
     return PeftModel.from_pretrained(base, str(final_dir))
 
 
-def _export(recipe, layout, final_dir, base_path, labels, tokenizer, val_set, collator) -> dict:
+def _final_evaluation(trainer) -> dict:
+    """The validation metrics of the model training ends with, evaluating again only when needed.
+
+    With ``load_best_model_at_end`` that is the best checkpoint's evaluation; otherwise the evaluation
+    logged at the last step, when the schedule ran one there (the end of the last epoch, usually)."""
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best:
+        step = int(Path(best).name.rsplit("-", 1)[-1])
+        found = [e for e in evals if e.get("step") == step]
+    else:
+        found = [e for e in evals if e.get("step") == trainer.state.global_step]
+    if found:
+        return {k: v for k, v in found[-1].items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def _export(recipe, layout, model, base_path, labels, tokenizer, val_set, collator) -> dict:
     """Rank 0: merge adapters where possible (verified on validation inputs); save tokenizer and meta."""
     from tunery.training.export import export_model
 
-    model = _reload(recipe, final_dir, base_path, labels).eval()
+    model = model.eval()
     sample = collator(
         [{k: v for k, v in val_set[i].items() if k != "labels"} for i in range(min(16, len(val_set)))]
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,9 +336,53 @@ def load_base_model(model_path: str, task: str, labels: list[str] | None, recipe
     else:
         # transformers 5 loads in the checkpoint's dtype by default (bf16 for most LLMs); optimiser states
         # and mixed precision expect float32 master weights
-        model = auto_cls.from_pretrained(model_path, config=config, dtype=torch.float32)
+        model = from_pretrained_reported(auto_cls, model_path, config=config, dtype=torch.float32)
     if recipe.training.gradient_checkpointing:
         _enable_checkpointing(model, peft=recipe.method.name != "full")
+    return model
+
+
+class _HeldLoadReports(logging.Filter):
+    """Holds back the LOAD REPORT records transformers logs while a model loads."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+
+def from_pretrained_reported(auto_cls: type, model_path: str, **kwargs):
+    """``auto_cls.from_pretrained`` with transformers' load report replaced by one line where it says only
+    what is expected: the new task head (a classifier on a pretrained encoder) has no pretrained weights.
+
+    Any other finding (missing weights inside the pretrained body, unexpected or mismatched keys) is logged
+    as transformers reports it.
+    """
+    source = logging.getLogger("transformers.modeling_utils")
+    held = _HeldLoadReports()
+    source.addFilter(held)
+    try:
+        model, info = auto_cls.from_pretrained(model_path, output_loading_info=True, **kwargs)
+    finally:
+        source.removeFilter(held)
+    body = f"{model.base_model_prefix}."
+    missing = list(info.get("missing_keys") or [])
+    expected = (
+        all(not key.startswith(body) for key in missing)
+        and not info.get("unexpected_keys")
+        and not info.get("mismatched_keys")
+    )
+    if expected and held.records:
+        head = ", ".join(sorted(missing))
+        logging.getLogger(__name__).info("new task head, initialised at random: %s", head)
+    else:
+        for record in held.records:
+            source.handle(record)
     return model
 
 

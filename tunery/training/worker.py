@@ -20,13 +20,18 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunery.training.worker JOB_SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(args[0]).read_text())
-    if "RANK" not in os.environ:  # started directly, not by a launcher: a world of one process
-        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
-    rank = int(os.environ["RANK"])
+    # Started directly (one process, no DeepSpeed), there is no RANK: the Trainer then runs without a
+    # process group and without a DDP wrapper, which a world of one does not need.
+    rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
-    if rank != 0:
-        import transformers
+    import datasets
+    import transformers
 
+    # Progress is Progress's one line per log event; tqdm bars ("Loading weights", "Map") are noise in a
+    # streamed log.
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    if rank != 0:
         transformers.logging.set_verbosity_error()  # one voice in the log: rank 0's
 
     from tunery.config import Recipe

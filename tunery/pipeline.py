@@ -1,0 +1,148 @@
+"""The pipeline without an orchestrator: ``run(recipe) -> RunResult``, for notebooks and other schedulers.
+
+The stage functions below are the ones the Prefect tasks in ``tasks/`` call, one each; ``run`` calls them in
+the order ``flows/finetune.py`` wires them::
+
+    open_run -> ingest -> clean -> split -> publish_data -> train -> evaluate -> register -> close_run
+
+This module never imports Prefect (a test checks it): retries, caching, timeouts and the training slot are
+the orchestrator's business, declared on the tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunery import registry, tracking
+from tunery.config import Recipe
+from tunery.data import stages
+from tunery.layout import RunLayout
+
+# One line of progress for a person: (stage, message). The CLI shows it; the tasks log it.
+Progress = Callable[[str, str], None]
+
+
+def _silent(stage: str, message: str) -> None:
+    """The default progress sink: nothing (a notebook gets the return values instead)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one pipeline run produced: where its files are, its MLflow run and the registered version."""
+
+    run_dir: Path
+    run_id: str
+    registration: registry.Registration
+    metrics: dict = field(repr=False)
+
+    @property
+    def model_uri(self) -> str:
+        return self.registration.model_uri
+
+
+def open_run(recipe: Recipe) -> tuple[RunLayout, str]:
+    """Create the run folder and its MLflow run; returns both."""
+    layout = RunLayout.create(recipe.workdir, recipe.name)
+    return layout, tracking.start_run(recipe, layout.root)
+
+
+def clean_summary(layout: RunLayout) -> str:
+    """``rows in 600 -> kept 561, quarantined 22 {...}, duplicates 17 (exact 9, near 8)``."""
+    stats = json.loads(layout.data_report.read_text(encoding="utf-8"))["clean"]
+    return (
+        f"rows in {stats['rows_in']} -> kept {stats['kept']}, quarantined {stats['quarantined']} "
+        f"{stats['quarantine_reasons']}, duplicates {stats['deduplicated']} "
+        f"(exact {stats['exact_duplicates']}, near {stats['near_duplicates']})"
+    )
+
+
+def split_summary(layout: RunLayout) -> str:
+    """``split rows: {'train': 392, 'validation': 84, 'test': 85}``."""
+    report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    return f"split rows: { {k: v['rows'] for k, v in report['split'].items()} }"
+
+
+def publish_data(recipe: Recipe, layout: RunLayout, run_id: str) -> dict:
+    """Record the run's data in MLflow: data metrics, the report, the quarantine, split lineage.
+
+    Returns:
+        The data report (``data/report.json``).
+    """
+    report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    paths = {name: str(layout.split(name)) for name in report["split"]}
+    tracking.MlflowLogger(recipe, run_id).log_metrics(tracking.data_metrics(report))
+    files = [layout.data_report, layout.quarantine, *map(Path, report["plots"])]
+    tracking.log_files(recipe, run_id, files, "data")
+    tracking.log_split_inputs(recipe, run_id, paths, report)
+    return report
+
+
+def train_summary(layout: RunLayout) -> str:
+    """``trained 120 steps in 64 s; validation {'loss': 0.41, 'accuracy': 0.93}``."""
+    summary = json.loads((layout.train_dir / "metrics.json").read_text(encoding="utf-8"))
+    shown = {
+        k: round(v, 4) for k, v in summary["validation"].items() if k in ("loss", "accuracy", "macro_f1")
+    }
+    return (
+        f"trained {summary['global_steps']} steps in {summary['train_runtime_s']:.0f} s; validation {shown}"
+    )
+
+
+def evaluate(recipe: Recipe, layout: RunLayout, progress: Progress = _silent) -> dict:
+    """Score the model, the baselines and the current champion (if any) on the same test rows.
+
+    Returns:
+        ``eval/metrics.json`` as a dict.
+    """
+    from tunery.evaluation.evaluate import evaluate as evaluate_run
+
+    champion_version = registry.current_champion(recipe)
+    champion = registry.load_predictor(recipe, champion_version) if champion_version else None
+    path = evaluate_run(recipe, layout, champion, champion_version, progress=progress)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def run(
+    recipe: Recipe, progress: Progress = _silent, on_line: Callable[[str], None] | None = None
+) -> RunResult:
+    """Run the whole pipeline in this process (training still runs as its own job) and register the model.
+
+    Args:
+        recipe: a validated recipe, its relative paths already resolved (``config.resolve_paths``).
+        progress: called with (stage, message) once per stage and during long stages.
+        on_line: receives every line of the training job's log (default: dropped; see ``train/``).
+
+    Returns:
+        The run's folder, MLflow run id, registration (alias and the gate's reason) and test metrics.
+    """
+    from tunery.evaluation.report import metric_line
+    from tunery.training.launch import launch_training
+
+    layout, run_id = open_run(recipe)
+    progress("open", f"run folder {layout.root}, MLflow run {run_id}")
+    try:
+        stages.ingest_stage(recipe, layout)
+        progress("ingest", f"ingested {layout.ingested.name} from {recipe.data.source}")
+        stages.clean_stage(recipe, layout)
+        progress("clean", clean_summary(layout))
+        stages.split_stage(recipe, layout)
+        progress("split", split_summary(layout))
+        report = publish_data(recipe, layout, run_id)
+        for warning in report["warnings"]:
+            progress("data", f"warning: {warning}")
+        launch_training(recipe, layout, run_id, on_line=on_line or (lambda line: None))
+        progress("train", train_summary(layout))
+        metrics = evaluate(recipe, layout, progress)
+        progress("evaluate", f"test {metric_line(metrics)}")
+        registration = registry.register(recipe, layout, run_id)
+        progress(
+            "register", f"{registration.model_name} version {registration.version} -> {registration.alias}"
+        )
+    except BaseException:
+        tracking.end_run(recipe, run_id, "FAILED")
+        raise
+    tracking.end_run(recipe, run_id, "FINISHED")
+    return RunResult(layout.root, run_id, registration, metrics)
