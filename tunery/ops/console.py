@@ -121,7 +121,7 @@ class RunConsole:
     def __enter__(self) -> RunConsole:
         if self.log is None:
             return self
-        self._file = open(self.log, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in __exit__
+        self._file = open(self.log, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - see __exit__
         self._saved = (sys.stdout, sys.stderr)
         sys.stdout = sys.stderr = self._file
         logging.captureWarnings(True)
@@ -144,7 +144,9 @@ class RunConsole:
             sys.stdout, sys.stderr = self._saved
         logging.captureWarnings(False)
         if self._file is not None:
-            self._file.close()
+            # Left open: handlers created during the run hold it, and some write at interpreter exit (the
+            # ephemeral Prefect server logs its shutdown from an atexit hook).
+            self._file.flush()
 
 
 def error_line(exc: BaseException) -> str:
