@@ -464,3 +464,67 @@ def test_qlora_export_merges_into_dequantized_base_gpu_mocked(models, tmp_path, 
     assert result["quantization_gap"] < 1e-4  # no real quantisation here, so no gap
     loaded = load_exported(tmp_path / "export", "classification")
     assert (logits(loaded, batch) - expected).abs().max() < 1e-4
+
+
+def test_allowed_difference_scales_with_the_logits():
+    from tunery.training.export import RELATIVE_TOLERANCE, allowed_difference
+
+    smollm_like = torch.tensor([[-38.8, 0.0, 12.0]])  # the packaged SmolLM2's largest logit is ~39
+    # the merge difference seen on GSM8K-style data (r=8, 384 tokens) failed the old absolute 1e-4
+    assert 1.292e-4 <= allowed_difference(smollm_like, 1e-4) == pytest.approx(38.8 * RELATIVE_TOLERANCE)
+    assert allowed_difference(torch.tensor([[0.5, -0.2]]), 1e-4) == 1e-4  # small logits: the floor
+    assert allowed_difference(torch.tensor([[float("nan"), 1.0]]), 1e-4) < 0  # NaN allows nothing
+
+
+GSM8K_STYLE = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?\n"
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "task"), [("minilm", "classification"), ("smollm2", "sft")])
+def test_lora_export_on_the_packaged_models(name, task, tmp_path, monkeypatch):
+    """LoRA with trained-size adapters merges within the bound on both packaged models (fp32, 384 tokens
+    for SmolLM2's 49k vocabulary), and a merge that drops the adapters still fails the check."""
+    from transformers import AutoTokenizer
+
+    from tunery.models import resolve_model
+
+    path = resolve_model(name)
+    recipe = make_recipe("lora", task, path)
+    recipe = recipe.model_copy(
+        update={
+            "method": recipe.method.model_copy(
+                update={"lora": recipe.method.lora.model_copy(update={"r": 8})}
+            )
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    length = 384 if task == "sft" else 128
+    batch = dict(tokenizer([GSM8K_STYLE * 3] * 2, truncation=True, max_length=length, return_tensors="pt"))
+    torch.manual_seed(0)
+    model = apply_method(
+        load_base_model(path, task, LABELS if task == "classification" else None, recipe), recipe
+    )
+    _plant_adapter_weights(model)
+    result = export_model(model, tmp_path / "good", batch)
+    assert result["format"] == "merged" and result["max_abs_diff"] > 0
+    meta = json_of(tmp_path / "good" / EXPORT_META)
+    assert result["max_abs_diff"] <= meta["allowed_diff"]
+
+    torch.manual_seed(0)
+    model = apply_method(
+        load_base_model(path, task, LABELS if task == "classification" else None, recipe), recipe
+    )
+    _plant_adapter_weights(model)
+    monkeypatch.setattr(model, "merge_and_unload", model.unload)  # planted bug: the adapters are dropped
+    with pytest.raises(ExportMismatchError, match="max abs diff"):
+        export_model(model, tmp_path / "bad", batch)
+
+
+def json_of(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
