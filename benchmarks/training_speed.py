@@ -759,10 +759,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "train_runtime_s, measured the same way); total_s = model load, tokenisation, training, "
             "evaluation (tunery: also the export)",
             "step_s = time inside the optimiser steps (forward, backward, clipping, update; from "
-            "on_step_begin to on_step_end of a step-clock callback, passed to tunery through the callbacks "
-            "argument of tunery.training.loop.train); outside_steps_s = wall_s - step_s (batch collation, logging, "
-            "in-loop evaluation, checkpoint saves); step_samples_per_s = trained samples / step_s. A "
-            "diagnostic: the headline is samples_per_s",
+            "on_step_begin to on_step_end of a step-clock callback, passed to tunery through the "
+            "callbacks argument of tunery.training.loop.train); outside_steps_s = wall_s - step_s (batch "
+            "collation, logging, in-loop evaluation, checkpoint saves); step_samples_per_s = trained "
+            "samples / step_s. A diagnostic: the headline is samples_per_s",
             f"LoRA (r={LORA_R}, alpha={LORA_ALPHA}, query/value) uses learning rate "
             f"{args.lora_learning_rate} instead of {args.learning_rate}: adapters train few weights and "
             "usually need a higher rate",

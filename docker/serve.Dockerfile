@@ -93,6 +93,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=5)"]
 
-# sh -c so that ${MODEL_URI:?...} can refuse to start without a model; "$@" passes docker run's extra
-# arguments on to mlflow ("mlflow-serve" is only $0, the name in error messages).
-ENTRYPOINT ["/bin/sh", "-c", "exec mlflow models serve -m \"${MODEL_URI:?MODEL_URI is not set: pass -e MODEL_URI=models:/<name>@<alias> (see docker/README.md)}\" --env-manager local --host 0.0.0.0 --port 8080 \"$@\"", "mlflow-serve"]
+# tunery's server: MLflow's scoring app behind request-size, row and time limits (tunery serve runs the
+# same). sh -c so that ${MODEL_URI:?...} can refuse to start without a model; "$@" passes docker run's
+# extra arguments on (e.g. --workers 2 --max-rows 5000; "tunery-serve" is only $0, the name in errors).
+ENTRYPOINT ["/bin/sh", "-c", "exec python -m tunery.serving.server \"${MODEL_URI:?MODEL_URI is not set: pass -e MODEL_URI=models:/<name>@<alias> (see docker/README.md)}\" --host 0.0.0.0 --port 8080 \"$@\"", "tunery-serve"]

@@ -28,7 +28,15 @@ from tasks.continuous import (
     update_dataset,
     warm_start,
 )
-from tasks.model import close_run, evaluate_model, open_run, register_model, train_model
+from tasks.model import (
+    close_run,
+    evaluate_model,
+    mlflow_credentials_from_secret,
+    open_run,
+    register_model,
+    train_model,
+)
+from tunery import tracking
 from tunery.config import Recipe, RecipeError, load_recipe, resolve_paths
 from tunery.continual import continuous
 
@@ -41,6 +49,7 @@ class DriftDecision(RunInput):
 
 
 def _recipe(recipe_path: str, overrides: list[str] | None) -> Recipe:
+    mlflow_credentials_from_secret()
     recipe = resolve_paths(load_recipe(recipe_path, overrides or []), Path.cwd())
     if recipe.continuous is None:
         raise RecipeError(f"recipe {recipe_path} has no `continuous` section (drop zone, drift, warm start)")
@@ -109,3 +118,8 @@ def continuous_learning(recipe_path: str, overrides: list[str] | None = None) ->
     close_run(recipe, run_id, "FINISHED")
     dataset = {k: v for k, v in update.items() if k != "version"}
     return {"status": "retrained", "dataset_version": update["version"], **dataset, **result}
+
+
+# Stored flow-run parameters hold no password (an override's `user:password@` is stored as `user:***@`).
+for _flow in (watch_drops, continuous_learning):
+    _flow.serialize_parameters = tracking.redacting(_flow.serialize_parameters)

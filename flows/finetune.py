@@ -10,7 +10,15 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.data import clean_data, ingest_data, publish_data, split_data
-from tasks.model import close_run, evaluate_model, open_run, register_model, train_model
+from tasks.model import (
+    close_run,
+    evaluate_model,
+    mlflow_credentials_from_secret,
+    open_run,
+    register_model,
+    train_model,
+)
+from tunery import tracking
 from tunery.config import load_recipe, resolve_paths
 
 
@@ -22,6 +30,7 @@ def finetune(recipe_path: str, overrides: list[str] | None = None) -> dict:
         recipe_path: path of the recipe YAML (relative paths inside it are relative to the working dir).
         overrides: dotted ``key=value`` overrides, e.g. ``["training.epochs=1", "method.name=lora"]``.
     """
+    mlflow_credentials_from_secret()
     recipe = resolve_paths(load_recipe(recipe_path, overrides or []), Path.cwd())
     run_dir, run_id = open_run(recipe)
     try:
@@ -37,3 +46,8 @@ def finetune(recipe_path: str, overrides: list[str] | None = None) -> dict:
         raise
     close_run(recipe, run_id, "FINISHED")
     return result
+
+
+# Prefect stores a flow run's parameters: an override with `user:password@` is stored as `user:***@` (the
+# run itself gets the real one; its recipe moves the credentials into the environment, docs/security.md).
+finetune.serialize_parameters = tracking.redacting(finetune.serialize_parameters)

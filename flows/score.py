@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.scoring import score_file
+from tunery import tracking
 
 
 @flow(name="batch-score")
@@ -17,4 +18,8 @@ def batch_score(model: str, input_path: str, output_path: str, tracking_uri: str
         output_path: output file; its suffix picks the format (.csv, .tsv, .jsonl, .parquet).
         tracking_uri: the MLflow store (default: MLFLOW_TRACKING_URI, else .tunery/mlflow.db).
     """
-    return score_file(model, input_path, output_path, tracking_uri)
+    return score_file(model, input_path, output_path, tracking.without_credentials(tracking_uri))
+
+
+# Stored flow-run parameters hold no password (a `user:password@` tracking URI is stored as `user:***@`).
+batch_score.serialize_parameters = tracking.redacting(batch_score.serialize_parameters)

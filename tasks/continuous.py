@@ -18,7 +18,7 @@ from tunery import registry, tracking
 from tunery.config import Recipe
 from tunery.continual import continuous, drift, drops
 from tunery.data.report import markdown as data_markdown
-from tunery.evaluation import forgetting
+from tunery.evaluation import artifacts, forgetting
 from tunery.layout import RunLayout
 
 
@@ -28,9 +28,17 @@ def scan_drop_zone(recipe: Recipe) -> dict:
     found = drops.scan(recipe)
     logger = get_run_logger()
     for entry in found.new:
-        logger.info("new drop %s: %s (sha256 %s)", entry["id"], entry["uri"], entry["sha256"][:12])
+        logger.info(
+            "new drop %s: %s (sha256 %s)", entry["id"], drops.shown(entry["uri"]), entry["sha256"][:12]
+        )
     for entry in found.duplicates:
-        logger.warning("%s has the content of drop %s: not taken again", entry["uri"], entry["id"])
+        logger.warning(
+            "%s has the content of drop %s: not taken again", drops.shown(entry["uri"]), entry["id"]
+        )
+    for entry in found.rejected:  # each is reported once, the first scan that meets it
+        logger.warning(
+            "refused unread: %s (%s: %s)", drops.shown(entry.name), entry.reason, drops.shown(entry.detail)
+        )
     return found.as_dict()
 
 
@@ -51,7 +59,12 @@ def announce_drops(recipe: Recipe, recipe_path: str) -> list[str]:
                     "prefect.resource.name": drop.name,
                 }
             ],
-            payload={"recipe_path": recipe_path, "drop_id": drop.id, "sha256": drop.sha256, "uri": drop.uri},
+            payload={
+                "recipe_path": recipe_path,
+                "drop_id": drop.id,
+                "sha256": drop.sha256,
+                "uri": tracking.redact(drop.uri),  # events are stored: never a credential
+            },
         )
     manifest.mark_announced([d.id for d in due])
     if due:
@@ -74,7 +87,11 @@ def update_dataset(recipe: Recipe) -> dict:
         logger.error("drop %s failed: %s", drop_id, reason)
     if result["drift"] is not None:
         create_markdown_artifact(
-            key="drift-report", markdown=drift.drift_markdown(result["drift"]), description="tunery drift"
+            key="drift-report",
+            markdown=artifacts.with_plots(
+                drift.drift_markdown(result["drift"]), result["drift"].get("plots")
+            ),
+            description="tunery drift",
         )
         for line in result["drift"]["high"]:
             logger.warning("drift: %s (action: %s)", line, recipe.continuous.drift.action)
@@ -129,7 +146,9 @@ def materialise_dataset(
     tracking.log_files(recipe, run_id, [layout.root / "lineage.json"], "lineage")
     tracking.log_split_inputs(recipe, run_id, paths, data_report)
     create_markdown_artifact(
-        key="data-report", markdown=data_markdown(data_report), description="tunery data"
+        key="data-report",
+        markdown=artifacts.with_plots(data_markdown(data_report), data_report.get("plots")),
+        description="tunery data",
     )
     get_run_logger().info(
         "dataset version %d: split rows %s", version, {k: v["rows"] for k, v in data_report["split"].items()}

@@ -9,7 +9,6 @@ true`` forces them to run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -18,10 +17,12 @@ from prefect.context import TaskRunContext
 from prefect.transactions import get_transaction
 
 from tasks.retry import retry_unless_bad_input
-from tunery import tracking
+from tunery import pipeline, tracking
 from tunery.config import Recipe
 from tunery.data import cache, report, stages
+from tunery.evaluation import artifacts
 from tunery.layout import RunLayout
+from tunery.ops.console import STAGE
 
 
 def _content_key(stage: str):
@@ -55,6 +56,11 @@ def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int], t
         cache_key_fn=_content_key(name),
         persist_result=True,
         cache_result_in_memory=False,
+        # Never log_prints (the flows do not set it either; this also overrides PREFECT_LOGGING_LOG_PRINTS):
+        # datasets fingerprints functions with dill, which finds their globals by printing a bytecode
+        # disassembly into a captured stdout; a print turned into a log record escapes the capture and
+        # fills the log with LOAD_FAST lines.
+        log_prints=False,
     )
 
 
@@ -63,7 +69,8 @@ def ingest_data(recipe: Recipe, run_dir: str) -> str:
     """Read the data source (files may be remote: transient errors are retried with backoff)."""
     path = stages.ingest_stage(recipe, RunLayout(Path(run_dir)))
     _remember(recipe, "ingest", [str(path)])
-    get_run_logger().info("ingested %s from %s", path.name, recipe.data.source)
+    source = tracking.redact(recipe.data.source)  # an fsspec URI may carry user:password@
+    get_run_logger().info("ingested %s from %s", path.name, source, extra={STAGE: "ingest"})
     return str(path)
 
 
@@ -73,17 +80,7 @@ def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     layout = RunLayout(Path(run_dir))
     path = stages.clean_stage(recipe, layout, Path(ingested))
     _remember(recipe, "clean", [str(path), str(layout.quarantine), str(layout.data_report)])
-    stats = json.loads(layout.data_report.read_text())["clean"]
-    get_run_logger().info(
-        "rows in %d -> kept %d, quarantined %d %s, duplicates %d (exact %d, near %d)",
-        stats["rows_in"],
-        stats["kept"],
-        stats["quarantined"],
-        stats["quarantine_reasons"],
-        stats["deduplicated"],
-        stats["exact_duplicates"],
-        stats["near_duplicates"],
-    )
+    get_run_logger().info(pipeline.clean_summary(layout), extra={STAGE: "clean"})
     return str(path)
 
 
@@ -107,16 +104,14 @@ def publish_data(
     taken = stages.adopt_data(layout, [Path(ingested), Path(cleaned), *map(Path, splits.values())])
     if taken:
         logger.info("reused %d data file(s) of earlier runs (cached stages): %s", len(taken), taken)
-    data_report = json.loads(layout.data_report.read_text())
+    data_report = pipeline.publish_data(recipe, layout, run_id)
     paths = {name: str(layout.split(name)) for name in splits}
-    tracking.MlflowLogger(recipe, run_id).log_metrics(tracking.data_metrics(data_report))
-    files = [layout.data_report, layout.quarantine, *map(Path, data_report["plots"])]
-    tracking.log_files(recipe, run_id, files, "data")
-    tracking.log_split_inputs(recipe, run_id, paths, data_report)
     create_markdown_artifact(
-        key="data-report", markdown=report.markdown(data_report), description="tunery data"
+        key="data-report",
+        markdown=artifacts.with_plots(report.markdown(data_report), data_report["plots"]),
+        description="tunery data",
     )
-    logger.info("split rows: %s", {k: v["rows"] for k, v in data_report["split"].items()})
+    logger.info(pipeline.split_summary(layout), extra={STAGE: "split"})
     for warning in data_report["warnings"]:
         logger.warning(warning)
     return paths

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -12,21 +11,38 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 
 from tasks.retry import retry_unless_bad_input
-from tunery import registry, tracking
+from tunery import pipeline, registry, tracking
 from tunery.config import Recipe
-from tunery.evaluation import evaluate as evaluation
-from tunery.evaluation import report
+from tunery.evaluation import artifacts, report
 from tunery.layout import RunLayout
-from tunery.training import launch
+from tunery.ops.console import STAGE
 
 
-@task(name="open-run", retries=2, retry_delay_seconds=5)
+@task(name="open-run", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
 def open_run(recipe: Recipe) -> tuple[str, str]:
     """Create the run folder and its MLflow run. Returns (run folder, MLflow run id)."""
-    layout = RunLayout.create(recipe.workdir, recipe.name)
-    run_id = tracking.start_run(recipe, layout.root)
-    get_run_logger().info("run folder %s, MLflow run %s", layout.root, run_id)
+    layout, run_id = pipeline.open_run(recipe)
+    get_run_logger().info("run folder %s, MLflow run %s", layout.root, run_id, extra={STAGE: "open"})
     return str(layout.root), run_id
+
+
+SECRET_BLOCK_VARIABLE = "TUNERY_MLFLOW_SECRET_BLOCK"
+
+
+def mlflow_credentials_from_secret() -> None:
+    """The flows' first step: MLflow credentials from the Prefect Secret block named by
+    ``TUNERY_MLFLOW_SECRET_BLOCK`` (if set), into the variables MLflow reads (the training job inherits
+    them). Its value is the password, or ``{"username": ..., "password": ...}`` (docs/security.md)."""
+    name = os.environ.get(SECRET_BLOCK_VARIABLE)
+    if not name:
+        return
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).get()
+    found = value if isinstance(value, dict) else {"password": value}
+    for key in ("username", "password"):
+        if found.get(key):
+            os.environ[f"MLFLOW_TRACKING_{key.upper()}"] = str(found[key])
 
 
 def training_slot() -> str:
@@ -48,26 +64,23 @@ def train_model(recipe: Recipe, run_dir: str, run_id: str, splits: dict[str, str
     logger.info("waiting for training slot %r", slot)
     with concurrency(slot, occupy=1, timeout_seconds=None, strict=False):
         logger.info("holding training slot %r", slot)
-        model_dir = launch.launch_training(recipe, layout, run_id, on_line=logger.info)
-    summary = json.loads((layout.train_dir / "metrics.json").read_text())
-    logger.info(
-        "trained %d steps in %.0f s; validation %s",
-        summary["global_steps"],
-        summary["train_runtime_s"],
-        {k: round(v, 4) for k, v in summary["validation"].items() if k in ("loss", "accuracy", "macro_f1")},
-    )
+        model_dir = pipeline.train(
+            recipe, layout, run_id, logger.info, lambda stage, message: logger.warning(message)
+        )
+    logger.info(pipeline.train_summary(layout), extra={STAGE: "train"})
     return str(model_dir)
 
 
 @task(name="evaluate", retries=2, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
     """Score the model, the majority baseline and the current champion on the same test rows."""
-    champion_version = registry.current_champion(recipe)
-    champion = registry.load_predictor(recipe, champion_version) if champion_version else None
-    path = evaluation.evaluate(recipe, RunLayout(Path(run_dir)), champion, champion_version)
-    metrics = json.loads(Path(path).read_text())
-    get_run_logger().info("test %s", report.metric_line(metrics))
-    return str(path)
+    logger = get_run_logger()
+    layout = RunLayout(Path(run_dir))
+    metrics = pipeline.evaluate(
+        recipe, layout, lambda stage, message: logger.info(message, extra={STAGE: stage})
+    )
+    logger.info("test %s", report.metric_line(metrics), extra={STAGE: "evaluate"})
+    return str(layout.metrics)
 
 
 @task(name="register", retries=2, retry_delay_seconds=5, timeout_seconds=3600)
@@ -75,15 +88,20 @@ def register_model(recipe: Recipe, run_dir: str, run_id: str, metrics_path: str)
     """Log the model, register a new version and alias it champion or challenger by the gate."""
     layout = RunLayout(Path(run_dir))
     result = registry.register(recipe, layout, run_id)
-    markdown = report.run_markdown(
-        layout, result, tracking.tracking_uri(recipe), tracking.experiment_id(recipe)
+    markdown = artifacts.summary_markdown(
+        layout, result, tracking.redact(tracking.tracking_uri(recipe)), tracking.experiment_id(recipe)
     )
     create_markdown_artifact(key="finetune-summary", markdown=markdown, description="tunery run summary")
     create_table_artifact(
         key="finetune-metrics", table=report.metrics_table(layout), description="test metrics per model"
     )
     get_run_logger().info(
-        "registered %s version %s as %s: %s", result.model_name, result.version, result.alias, result.reason
+        "registered %s version %s as %s: %s",
+        result.model_name,
+        result.version,
+        result.alias,
+        result.reason,
+        extra={STAGE: "register"},
     )
     return asdict(result)
 

@@ -161,3 +161,20 @@ def postgres_mlflow_server():
     finally:
         stack.stop_services(started)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def flow_run_messages(flow_run_id) -> list[str]:
+    """Every log message Prefect stored for a flow run, in time order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs, page = [], None
+    with get_client(sync_client=True) as client:
+        while page is None or len(page) == 200:  # the API returns at most 200 logs per call
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200,
+                offset=len(logs),
+            )
+            logs += page
+    return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]

@@ -23,7 +23,7 @@ ALLOWED = {
     "plotting": set(),
     "reference": {"config"},
     "models": {"layout"},
-    "tracking": {"config"},
+    "tracking": {"config", "ops"},
     "ops": set(),
     "demo": set(),
     "data": {"config", "layout", "models", "ops", "plotting"},

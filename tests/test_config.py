@@ -54,6 +54,11 @@ def test_shipped_recipes_validate():
         ("split.train=0.9", "split fractions must sum to 1.0"),
         ("evaluation.gate.primary_metric=loss", "evaluation.gate.primary_metric"),
         ("mlflow.registered_model=a@b", "mlflow.registered_model"),
+        ("training.epochs=.inf", "training.epochs: Input should be a finite number"),
+        ("training.epochs=.nan", "training.epochs: Input should be a finite number"),
+        ("training.learning_rate=.nan", "training.learning_rate: Input should be a finite number"),
+        ("distributed.timeout_minutes=.inf", "distributed.timeout_minutes: Input should be a finite number"),
+        ("cleaning.max_quarantine_fraction=.nan", "cleaning.max_quarantine_fraction"),
     ],
 )
 def test_bad_values_fail_naming_the_field(tmp_path, override, fragment):

@@ -243,18 +243,18 @@ def test_serve_facts():
     assert entrypoints, "the serving image needs an ENTRYPOINT"
     argv = json.loads(entrypoints[-1])
     command = " ".join(argv)
-    for part in ("mlflow models serve", "--env-manager local", "--host 0.0.0.0", "--port 8080"):
+    for part in ("python -m tunery.serving.server", "--host 0.0.0.0", "--port 8080"):
         assert part in command, f"ENTRYPOINT lacks {part!r}"
     assert "${MODEL_URI:?" in command, "ENTRYPOINT must refuse to start without MODEL_URI"
 
 
 def test_entrypoint_fails_clearly_without_model_uri():
-    """Run the serving ENTRYPOINT's shell line (with mlflow replaced by echo) with and without MODEL_URI."""
+    """Run the serving ENTRYPOINT's shell line (with python replaced by echo) with and without MODEL_URI."""
     sh = shutil.which("sh")
     assert sh, "no sh on this machine"
     argv = json.loads([i.args for i in parse_dockerfile(SERVE) if i.keyword == "ENTRYPOINT"][-1])
     assert argv[:2] == ["/bin/sh", "-c"]
-    script = argv[2].replace("exec mlflow", "exec echo mlflow", 1)
+    script = argv[2].replace("exec python", "exec echo python", 1)
 
     base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     unset = subprocess.run(
@@ -268,7 +268,7 @@ def test_entrypoint_fails_clearly_without_model_uri():
     )
     assert ok.returncode == 0, ok
     assert ok.stdout.split() == [
-        "mlflow", "models", "serve", "-m", "models:/helpdesk-router@champion", "--env-manager", "local",
+        "python", "-m", "tunery.serving.server", "models:/helpdesk-router@champion",
         "--host", "0.0.0.0", "--port", "8080", "--workers", "2",
     ]  # fmt: skip
 

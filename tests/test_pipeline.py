@@ -94,9 +94,9 @@ def test_pipeline_registers_a_champion_like_the_flow(pipeline_run):
         model = mlflow.pyfunc.load_model("models:/sms-plain@champion")
         signature = model.metadata.signature
         assert signature.inputs.input_names() == ["text"]
-        assert signature.outputs.input_names() == ["label", "prob_ham", "prob_spam"]
+        assert signature.outputs.input_names() == ["label", "prob_ham", "prob_spam", "error"]
         out = model.predict(pd.DataFrame({"text": ["WINNER!! Claim your FREE prize now, call 09061701461"]}))
-        assert list(out.columns) == ["label", "prob_ham", "prob_spam"]
+        assert list(out.columns) == ["label", "prob_ham", "prob_spam", "error"]
     finally:
         mlflow.set_tracking_uri(None)
 

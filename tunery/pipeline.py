@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tunery import registry, tracking
 from tunery.config import Recipe
-from tunery.data import stages
+from tunery.data import preflight, stages
 from tunery.layout import RunLayout
 
 # One line of progress for a person: (stage, message). The CLI shows it; the tasks log it.
@@ -44,7 +44,12 @@ class RunResult:
 
 
 def open_run(recipe: Recipe) -> tuple[RunLayout, str]:
-    """Create the run folder and its MLflow run; returns both."""
+    """Check the base model (config only), then create the run folder and its MLflow run; returns both.
+
+    Raises:
+        tunery.models.ModelError: the base model cannot be used (before any folder or run exists).
+    """
+    preflight.check_model(recipe)  # a bad base or max_length fails here, not in training after the data
     layout = RunLayout.create(recipe.workdir, recipe.name)
     return layout, tracking.start_run(recipe, layout.root)
 
@@ -78,6 +83,35 @@ def publish_data(recipe: Recipe, layout: RunLayout, run_id: str) -> dict:
     tracking.log_files(recipe, run_id, files, "data")
     tracking.log_split_inputs(recipe, run_id, paths, report)
     return report
+
+
+def train(
+    recipe: Recipe,
+    layout: RunLayout,
+    run_id: str,
+    on_line: Callable[[str], None],
+    progress: Progress = _silent,
+) -> Path:
+    """Train as a separate (multi-)process job, then plot its curves from the MLflow run's history.
+
+    The curves are for people: a tracking hiccup while plotting them is reported through ``progress``
+    and never fails a finished training job (a retry would train again).
+
+    Returns:
+        The exported model folder.
+    """
+    from tunery.evaluation import artifacts
+    from tunery.training.launch import launch_training
+
+    model_dir = launch_training(recipe, layout, run_id, on_line=lambda line: on_line(tracking.redact(line)))
+    try:
+        history = artifacts.training_history(tracking.client(recipe), run_id)
+        curves = artifacts.plot_training_curves(history, layout.train_dir / artifacts.TRAINING_CURVES)
+        if curves:
+            tracking.log_files(recipe, run_id, [curves], "train")
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        progress("train", f"warning: training curves not plotted: {error}")
+    return model_dir
 
 
 def train_summary(layout: RunLayout) -> str:
@@ -119,13 +153,12 @@ def run(
         The run's folder, MLflow run id, registration (alias and the gate's reason) and test metrics.
     """
     from tunery.evaluation.report import metric_line
-    from tunery.training.launch import launch_training
 
     layout, run_id = open_run(recipe)
     progress("open", f"run folder {layout.root}, MLflow run {run_id}")
     try:
         stages.ingest_stage(recipe, layout)
-        progress("ingest", f"ingested {layout.ingested.name} from {recipe.data.source}")
+        progress("ingest", f"ingested {layout.ingested.name} from {tracking.redact(str(recipe.data.source))}")
         stages.clean_stage(recipe, layout)
         progress("clean", clean_summary(layout))
         stages.split_stage(recipe, layout)
@@ -133,7 +166,7 @@ def run(
         report = publish_data(recipe, layout, run_id)
         for warning in report["warnings"]:
             progress("data", f"warning: {warning}")
-        launch_training(recipe, layout, run_id, on_line=on_line or (lambda line: None))
+        train(recipe, layout, run_id, on_line or (lambda line: None), progress)
         progress("train", train_summary(layout))
         metrics = evaluate(recipe, layout, progress)
         progress("evaluate", f"test {metric_line(metrics)}")

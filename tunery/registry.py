@@ -169,7 +169,8 @@ def pyfunc_signature(recipe: Recipe, layout: RunLayout):
     """The registered pyfunc's signature, declared rather than inferred from an example (an inferred one
     guesses column types from three rows, and MLflow warns about each integer it sees).
 
-    classification: ``text`` (string) in; ``label`` (string) and ``prob_<label>`` (double) per class out.
+    classification: ``text`` (string) in; ``label`` (string, null for a row with an ``error``),
+    ``prob_<label>`` (double) per class and ``error`` ('' or a quarantine reason code) out.
     sft: ``instruction`` and optional ``input`` (strings) in, ``answer`` out; param ``max_new_tokens``.
     """
     from mlflow.models import ModelSignature
@@ -186,7 +187,13 @@ def pyfunc_signature(recipe: Recipe, layout: RunLayout):
     labels = json.loads((layout.model_dir / MODEL_META).read_text(encoding="utf-8"))["labels"]
     return ModelSignature(
         inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("string", "label"), *(ColSpec("double", f"prob_{c}") for c in labels)]),
+        outputs=Schema(
+            [
+                ColSpec("string", "label", required=False),
+                *(ColSpec("double", f"prob_{c}", required=False) for c in labels),
+                ColSpec("string", "error"),
+            ]
+        ),
     )
 
 

@@ -1,24 +1,89 @@
-"""MLflow tracking: where the store is, the run of a pipeline, and a small metric-logger protocol."""
+"""MLflow tracking: where the store is, the run of a pipeline, and a small metric-logger protocol; and the
+redaction of credentials in URIs (``user:***@host``) wherever tunery shows or stores one."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from tunery.config import Recipe
+from tunery.config import REDACTED, Recipe, credentials_to_environment
+from tunery.ops.process import process_identity
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# scheme://userinfo@ : the userinfo runs to the last '@' before the path (a raw '@' in a password too)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#@]*(?:@[^\s/?#@]*)*)@")
+
+
+def redact(text: str) -> str:
+    """Every URI in ``text`` with its password replaced: ``http://user:***@host`` (a lone user part may be a
+    token: ``http://***@host``). Idempotent; text without credentials is returned unchanged."""
+
+    def hide(match: re.Match) -> str:
+        user, has_password, _ = match["userinfo"].partition(":")
+        shown = f"{user}:{REDACTED}" if has_password else REDACTED
+        return f"{match['scheme']}{shown}@"
+
+    return _USERINFO.sub(hide, text)
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` with :func:`redact` applied to every string inside its dicts, lists and tuples."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_value(child) for key, child in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(child) for child in value)
+    return value
+
+
+def redacting(produce: Callable[..., Any]) -> Callable[..., Any]:
+    """``produce`` with its return value redacted (:func:`redact_value`); the flows wrap Prefect's
+    ``serialize_parameters`` with it so that a flow run's stored parameters hold no password."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return redact_value(produce(*args, **kwargs))
+
+    return wrapper
+
+
+def without_credentials(uri: str | None) -> str | None:
+    """A tracking URI given outside a recipe (a command-line option, a flow parameter) made safe to pass on
+    and store: http(s) without its userinfo (the credentials now in MLFLOW_TRACKING_USERNAME/PASSWORD); a
+    database URL with a password moves into MLFLOW_TRACKING_URI, and None (that default) is returned."""
+    if not uri or redact(uri) == uri:
+        return uri
+    cleaned = credentials_to_environment(uri)
+    return None if f":{REDACTED}@" in cleaned else cleaned
+
 
 def tracking_uri(recipe: Recipe) -> str:
-    """The recipe's tracking URI, else ``MLFLOW_TRACKING_URI``, else SQLite inside the workdir."""
-    if recipe.mlflow.tracking_uri:
-        return recipe.mlflow.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    """The recipe's tracking URI, else ``MLFLOW_TRACKING_URI``, else SQLite inside the workdir.
+
+    Credentials never travel in it for http(s): they are in MLFLOW_TRACKING_USERNAME/PASSWORD (a URI with
+    ``user:password@`` in the environment is split there on first use, see
+    ``config.credentials_to_environment``). A database URL keeps ``user:***@`` in the recipe; its password
+    is then in MLFLOW_TRACKING_URI.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env.startswith(("http://", "https://")):
+        env = os.environ["MLFLOW_TRACKING_URI"] = credentials_to_environment(env)
+    uri = recipe.mlflow.tracking_uri
+    if uri and f":{REDACTED}@" in uri:
+        if env and redact(env) == uri:
+            return env
+        raise ValueError(f"the password of {uri} is not in MLFLOW_TRACKING_URI (docs/security.md)")
+    if uri:
+        return uri
+    if env:
+        return env
     workdir = Path(recipe.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{workdir / 'mlflow.db'}"
@@ -83,17 +148,58 @@ def _flatten(prefix: str, value: object, out: dict[str, str]) -> None:
         out[prefix] = str(value)[:6000]
 
 
+# The process that opened a pipeline run, ``<host>|<pid>|<process identity>``: when it is gone and the run
+# still reads RUNNING, the run was abandoned (SIGKILL, a lost machine) and is closed as KILLED.
+OWNER_TAG = "tunery.owner_process"
+
+
+def owner_of_this_process() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}|{pid}|{process_identity(pid) or ''}"
+
+
+def close_abandoned_runs(recipe: Recipe) -> list[str]:
+    """Close as KILLED the experiment's runs still RUNNING whose owner process on this host is gone.
+
+    A run whose owner ran on another host, or whose identity /proc could not read, is left alone: this
+    process cannot tell whether it still runs.
+
+    Returns:
+        The ids of the runs closed.
+    """
+    mlf = client(recipe)
+    host = socket.gethostname()
+    closed = []
+    running = mlf.search_runs(
+        [experiment_id(recipe)], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for run in running:
+        owner_host, _, rest = run.data.tags.get(OWNER_TAG, "").partition("|")
+        pid, _, identity = rest.partition("|")
+        if owner_host != host or not pid.isdigit() or not identity:
+            continue
+        if process_identity(int(pid)) != identity:
+            mlf.set_tag(run.info.run_id, "tunery.closed_because", "its process ended without closing it")
+            mlf.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 def start_run(recipe: Recipe, run_dir: Path) -> str:
     """Open the MLflow run of one pipeline run: tags, flattened recipe params and the recipe file.
+
+    Runs of the experiment left RUNNING by a process that is gone are closed as KILLED first.
 
     Returns:
         The MLflow run id that later stages log into.
     """
+    close_abandoned_runs(recipe)
     mlf = client(recipe)
     run = mlf.create_run(
         experiment_id(recipe),
         run_name=run_dir.name,
         tags={
+            OWNER_TAG: owner_of_this_process(),
             "tunery.recipe_name": recipe.name,
             "tunery.recipe_digest": recipe.digest(),
             "tunery.run_dir": str(run_dir),
@@ -105,10 +211,10 @@ def start_run(recipe: Recipe, run_dir: Path) -> str:
     _flatten("", recipe.model_dump(mode="json"), params)
     from mlflow.entities import Param
 
-    items = [Param(k, v) for k, v in params.items()]
+    items = [Param(k, redact(v)) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         mlf.log_batch(run.info.run_id, params=items[start : start + 100])
-    mlf.log_text(run.info.run_id, recipe.to_yaml(), "recipe.yaml")
+    mlf.log_text(run.info.run_id, redact(recipe.to_yaml()), "recipe.yaml")
     return run.info.run_id
 
 
@@ -184,7 +290,7 @@ def log_split_inputs(recipe: Recipe, run_id: str, splits: dict[str, str], report
             InputTag(MLFLOW_DATASET_CONTEXT, name),
             InputTag("tunery.sha256", summary["digest"]),
             InputTag("tunery.rows", str(summary["rows"])),
-            InputTag("tunery.source", str(recipe.data.source)[:400]),
+            InputTag("tunery.source", redact(str(recipe.data.source))[:400]),
         ]
         inputs.append(DatasetInput(entity, tags))
     client(recipe).log_inputs(run_id, datasets=inputs)

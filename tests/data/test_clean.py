@@ -21,7 +21,8 @@ def rows(*items: tuple[str, str], error: str = "") -> pd.DataFrame:
 
 def test_clean_text_normalises_html_unicode_and_whitespace():
     cfg = CleaningConfig()
-    assert clean_text("<p>Hello&nbsp;<b>world</b></p><br>bye", cfg) == "Hello world bye"
+    # block tags are line breaks, and line breaks are kept (at most one blank line in a row)
+    assert clean_text("<p>Hello&nbsp;<b>world</b></p><br>bye", cfg) == "Hello world\n\nbye"
     assert clean_text("ｆｕｌｌｗｉｄｔｈ\u200b text\u00a0\u00a0 here ", cfg) == "fullwidth text here"
     assert clean_text("<script>var x=1;</script>visible", cfg) == "visible"
     assert clean_text("5 < 6 and 7 > 3", cfg) == "5 < 6 and 7 > 3", "comparison signs are not tags"
@@ -50,7 +51,8 @@ def test_raw_email_becomes_subject_and_body():
         "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
         "See you at the caf=C3=A9 at ten.=\n Bring the slides.\n"
     )
-    assert clean_text(raw, CleaningConfig()) == "Café meeting See you at the café at ten. Bring the slides."
+    expected = "Café meeting\n\nSee you at the café at ten. Bring the slides."
+    assert clean_text(raw, CleaningConfig()) == expected
 
 
 def test_every_row_is_accounted_for_with_a_reason():

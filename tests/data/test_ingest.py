@@ -54,10 +54,10 @@ def test_json_array_and_parquet(tmp_path):
     (tmp_path / "a.json").write_text(
         json.dumps([{"text": "one", "label": 1}, {"text": "two", "label": None}])
     )
-    pd.DataFrame({"text": ["three"], "label": ["z"]}).to_parquet(tmp_path / "b.parquet")
+    pd.DataFrame({"text": ["three"], "label": ["3"]}).to_parquet(tmp_path / "b.parquet")
     rows = ingest(cfg(tmp_path / "*"))
     assert rows["text"].tolist() == ["one", "two", "three"]
-    assert rows["label"].tolist() == ["1", "", "z"]
+    assert rows["label"].tolist() == ["1", "", "3"]
 
 
 def test_latin1_file_decodes_without_mojibake(tmp_path):

@@ -17,6 +17,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from tests.conftest import flow_run_messages
 from tunery.config import load_recipe
 from tunery.tracking import client
 
@@ -304,23 +305,6 @@ def test_serving_benchmark_runs_against_the_champion(first_run, mlflow_server, t
         assert 0 < phase["p50_ms"] <= phase["p90_ms"] <= phase["p99_ms"] <= phase["max_ms"]
     assert doc["baseline_in_process"]["requests"] > 0
     assert doc["targets"]["zero_errors"] == {"errors": 0, "met": True}
-
-
-def flow_run_messages(flow_run_id) -> list[str]:
-    """Every log message Prefect stored for a flow run, in time order."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    logs, page = [], None
-    with get_client(sync_client=True) as client:
-        while page is None or len(page) == 200:  # the API returns at most 200 logs per call
-            page = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                limit=200,
-                offset=len(logs),
-            )
-            logs += page
-    return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
 
 
 def test_the_run_log_reads_like_a_report(first_run):

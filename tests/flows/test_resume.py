@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import flow_run_messages
 from tests.training.test_loop import sentiment_frame
 
 pytestmark = pytest.mark.slow
@@ -47,12 +48,7 @@ class Killer(threading.Thread):
 
 def test_sigkilled_job_resumes_from_last_checkpoint_on_retry(tiny_bert, tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        LogFilter,
-        LogFilterFlowRunId,
-        TaskRunFilter,
-        TaskRunFilterFlowRunId,
-    )
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
     from flows.finetune import finetune
 
@@ -97,16 +93,8 @@ def test_sigkilled_job_resumes_from_last_checkpoint_on_retry(tiny_bert, tmp_path
             )
             if t.task_key.startswith("train")
         ]
-        logs, page = [], None
-        while page is None or len(page) == 200:  # the API returns at most 200 logs per call
-            page = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                limit=200,
-                offset=len(logs),
-            )
-            logs += page
     assert len(train_runs) == 1 and train_runs[0].run_count == 2, "one retry of the train task"
-    messages = [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
+    messages = flow_run_messages(flow_run_id)
     resumed_at = next(i for i, m in enumerate(messages) if f"resuming from checkpoint-{killer.at_step}" in m)
     steps_after = [int(m[1]) for m in (re.match(r"step (\d+)/", x) for x in messages[resumed_at:]) if m]
     assert steps_after, "progress lines after the resume"

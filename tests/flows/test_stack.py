@@ -274,12 +274,50 @@ def _keep_screenshot(path: Path) -> None:
         shutil.copy(path, DOCS / path.name)
 
 
+# The plots of the finished run's summary artifact (tunery.evaluation.artifacts), by their alt text.
+SUMMARY_PLOTS = {"Confusion matrix", "ROC curves", "Reliability diagram", "Training curves"}
+# Scroll an element to the top of the page's scrolling pane (not the document: the UI scrolls a pane).
+SCROLL_TO_TOP = """e => {
+    e.scrollIntoView({block: 'start'});
+    for (let p = e.parentElement; p; p = p.parentElement) {
+        if (p.scrollHeight > p.clientHeight && getComputedStyle(p).overflowY !== 'visible') {
+            p.scrollTop -= 16;
+            return;
+        }
+    }
+}"""
+
+
+def _open_artifact(page, prefect_ui: str, run_id: str, key: str) -> list[dict]:
+    """Flow run page -> Artifacts tab -> the artifact's card; wait until every image of its markdown has
+    loaded (or failed), and return each image's alt text, source kind and natural size."""
+    page.goto(f"{prefect_ui}/runs/flow-run/{run_id}", wait_until="networkidle")
+    page.locator(".p-tab", has_text="Artifacts").first.click()
+    page.get_by_text(key, exact=True).first.click()
+    page.wait_for_url("**/artifacts/artifact/**")
+    page.locator(".artifact-data-markdown img").first.wait_for(timeout=30_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.artifact-data-markdown img')].every(i => i.complete)"
+    )
+    return page.evaluate(
+        """() => [...document.querySelectorAll('.artifact-data-markdown img')].map(i => ({
+            alt: i.alt, scheme: i.src.split(',')[0], width: i.naturalWidth, height: i.naturalHeight}))"""
+    )
+
+
 def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_path):
-    """Deployments -> finetune -> Run -> Custom run, edit the overrides, Submit; the run completes."""
+    """Deployments -> finetune -> Run -> Custom run, edit the overrides, Submit; the run completes, and its
+    summary and data-report artifacts show their plots."""
     from playwright.sync_api import sync_playwright
 
     workdir = tmp_path / "ui-run"
-    overrides = ["training.max_steps=4", f"workdir={workdir}", "mlflow.registered_model=helpdesk-ui"]
+    overrides = [
+        "training.max_steps=4",
+        "training.logging_steps=1",  # a training curve with a point per step, validated twice
+        "training.eval_steps=2",
+        f"workdir={workdir}",
+        "mlflow.registered_model=helpdesk-ui",
+    ]
     prefect_ui, mlflow_ui = live_stack["prefect_url"], live_stack["mlflow_url"]
     with sync_playwright() as playwright:
         browser = _browser(playwright)
@@ -325,6 +363,24 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
         shot = tmp_path / "prefect-flow-run.png"
         page.screenshot(path=str(shot))
         _keep_screenshot(shot)
+
+        # the pictures are in the run's artifacts, embedded (data: URIs), and the browser decodes them
+        images = _open_artifact(page, prefect_ui, run_id, "finetune-summary")
+        assert {i["alt"] for i in images} == SUMMARY_PLOTS, images
+        assert all(i["scheme"] == "data:image/png;base64" and i["width"] > 0 for i in images), images
+        page.get_by_text("Gate:").first.wait_for()
+        page.get_by_text("Sensitivity", exact=True).first.wait_for()
+        page.set_viewport_size({"width": 1400, "height": 1700})  # the screenshot shows the pictures
+        plots = page.locator(".markdown-renderer__heading--h2", has_text="Plots").first
+        plots.evaluate(SCROLL_TO_TOP)
+        page.wait_for_timeout(1000)
+        shot = tmp_path / "prefect-run-artifacts.png"
+        page.screenshot(path=str(shot))
+        _keep_screenshot(shot)
+        page.set_viewport_size({"width": 1400, "height": 900})
+        images = _open_artifact(page, prefect_ui, run_id, "data-report")
+        assert {i["alt"] for i in images} == {"Lengths", "Labels"}, images
+        assert all(i["width"] > 0 for i in images), images
 
         # MLflow's pages keep polling, so the network never goes idle: wait for their content instead
         page.goto(f"{mlflow_ui}/#/models/helpdesk-ui/versions/1", wait_until="domcontentloaded")

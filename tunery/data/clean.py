@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 from tunery.config import CleaningConfig
 from tunery.data import pii, wording
 from tunery.data import text as tx
+from tunery.data.ingest import DROPPED_TURNS
 from tunery.data.near_dup import near_duplicate_clusters
 from tunery.data.normalise import normalise_many
 
@@ -35,6 +37,11 @@ INSTRUCTION_FIELDS = ("instruction", "input", "output")
 
 QUARANTINE_REASONS = {
     "malformed_row": "the parser could not split the record into the expected columns",
+    "not_text": "a text column holds no text: a JSON object or list, a Parquet list or struct, a number, "
+    "or binary data (shown as JSON in raw_text)",
+    "undecodable": "bytes that do not decode in the file's encoding (data.encoding, or the detected one); "
+    "shown as U+FFFD",
+    "control_characters": "NUL or another control character (not tab or line break) in the cleaned text",
     "missing_label": "the label is empty",
     "unknown_label": "the label is not in the recipe's label set",
     "empty_text": "no text left after cleaning",
@@ -45,8 +52,23 @@ QUARANTINE_REASONS = {
 }
 
 
+# The reasons ingest decides (its ``error`` column holds "reason: detail"); any other error is malformed_row.
+INGEST_REASONS = ("not_text", "undecodable")
+# C0 controls except tab and the line breaks (\n, \r, \v, \f, \x1c-\x1f count as whitespace), and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+# Whitespace inside a line (every str.isspace character but the line breaks of str.splitlines).
+_INLINE_SPACE = re.compile(r"[^\S\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
+_LEADING_SPACE = re.compile(r"^[ \t]*")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
 class QuarantineLimitExceeded(ValueError):
-    """More rows were quarantined than the recipe allows."""
+    """More rows were quarantined than the recipe allows; ``result`` is the cleaning that was refused (its
+    quarantine table and counts are still written, so that the bad rows can be seen)."""
+
+    def __init__(self, message: str, result: CleanResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def clean_text(text: str, cfg: CleaningConfig) -> str:
@@ -73,8 +95,22 @@ def clean_text(text: str, cfg: CleaningConfig) -> str:
     if cfg.remove_stopwords:
         text = wording.remove_stopwords(text)
     if cfg.collapse_whitespace:
-        text = " ".join(text.split())
+        text = collapse_whitespace(text)
     return text.strip()
+
+
+def collapse_whitespace(text: str) -> str:
+    """Collapse runs of spaces and tabs inside each line into one space, keeping the lines.
+
+    Line breaks (any of ``str.splitlines``) become ``\n``, at most one blank line is kept in a row, trailing
+    spaces go and each line's indentation stays (code answers keep their blocks), so that an answer such as
+    GSM8K's ``...revenue.\n#### 360000`` is trained and scored as written.
+    """
+    lines = []
+    for line in text.splitlines():
+        indent = _LEADING_SPACE.match(line).group()
+        lines.append(indent + _INLINE_SPACE.sub(" ", line[len(indent) :]).strip())
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines))
 
 
 @functools.lru_cache(maxsize=4)
@@ -157,7 +193,8 @@ def _reason(row: dict, cfg: CleaningConfig, labels: set[str] | None, labelled: b
     """The quarantine reason of one cleaned row and a detail for the user ('' when the row is fine)."""
     text = row["text"]
     if row["error"]:
-        return "malformed_row", row["error"]
+        code, _, detail = row["error"].partition(": ")
+        return (code, detail) if code in INGEST_REASONS else ("malformed_row", row["error"])
     if labelled and not row["label"]:
         return "missing_label", ""
     if labelled and labels is not None and row["label"] not in labels:
@@ -166,6 +203,9 @@ def _reason(row: dict, cfg: CleaningConfig, labels: set[str] | None, labelled: b
         return "missing_answer", "empty instruction" if not row["instruction"] else "empty answer"
     if not text:
         return "empty_text", ""
+    fields = [text, row["label"]] if labelled else [row[n] for n in INSTRUCTION_FIELDS]
+    if found := sorted({c for f in fields for c in _CONTROL.findall(f)}):
+        return "control_characters", ", ".join(f"U+{ord(c):04X}" for c in found)
     if len(text) < cfg.min_chars:
         return "too_short", f"{len(text)} characters"
     if len(text) > cfg.max_chars:
@@ -214,15 +254,24 @@ def clean(
     kept = frame[(frame["reason"] == "") & (frame["duplicate_of"] == "")]
     removed = frame[(frame["reason"] == "") & (frame["duplicate_of"] != "")]
     stats = _stats(len(rows), kept, quarantined, removed, exact, near)
+    if DROPPED_TURNS in frame.columns:
+        with_history = frame[DROPPED_TURNS] > 0
+        stats["history_ignored"] = {
+            "rows": int(with_history.sum()),
+            "kept": int(with_history[kept.index].sum()),
+            "turns": int(frame.loc[with_history, DROPPED_TURNS].sum()),
+        }
+    drop = ["error", "reason", "detail", "duplicate_of", "n_tokens", DROPPED_TURNS]
+    kept = kept.drop(columns=[c for c in drop if c in kept.columns]).reset_index(drop=True)
+    result = CleanResult(kept=kept, quarantined=_not_kept_table(quarantined, removed), stats=stats)
     if len(rows) and len(quarantined) / len(rows) > cfg.max_quarantine_fraction:
         raise QuarantineLimitExceeded(
             f"{len(quarantined)} of {len(rows)} rows ({len(quarantined) / len(rows):.1%}) were quarantined, "
             f"more than cleaning.max_quarantine_fraction={cfg.max_quarantine_fraction:.0%}; "
-            f"reasons: {stats['quarantine_reasons']}"
+            f"reasons: {stats['quarantine_reasons']}",
+            result,
         )
-    drop = ["error", "reason", "detail", "duplicate_of", "n_tokens"]
-    kept = kept.drop(columns=[c for c in drop if c in kept.columns]).reset_index(drop=True)
-    return CleanResult(kept=kept, quarantined=_not_kept_table(quarantined, removed), stats=stats)
+    return result
 
 
 def _location(frame: pd.DataFrame, index) -> pd.Series:

@@ -13,13 +13,16 @@ import glob
 import io
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from tunery.config import DataConfig
+from tunery.data import text as tx
 
 SUFFIX_FORMATS = {
     ".csv": "csv",
@@ -32,6 +35,10 @@ SUFFIX_FORMATS = {
     ".pq": "parquet",
 }
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a 10 MB field is data, not an error
+# alpaca multi-turn data: earlier [prompt, answer] turns, and the ingested column counting them per row
+HISTORY_COLUMN = "history"
+DROPPED_TURNS = "dropped_turns"
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 # Delimiters tried for CSV-like files, in order of preference on ties.
 DELIMITERS = ",\t;|"
 # Byte-order marks that decide the encoding (UTF-32 first: its little-endian BOM starts like UTF-16's).
@@ -99,16 +106,21 @@ def _read_bytes(path: str) -> bytes:
         return fh.read()
 
 
-def _decode(raw: bytes, path: str) -> str:
-    """Decode text bytes: UTF-16/32 with a BOM, else UTF-8, else line by line (UTF-8 or cp1252/latin-1).
+def _decode(raw: bytes, path: str, encoding: str = "auto") -> str:
+    """Decode text bytes: the recipe's ``data.encoding`` when set; else UTF-16/32 with a BOM, else UTF-8,
+    else line by line: UTF-8, or the file's legacy encoding (detected, see :func:`_legacy_codec`).
 
     Line-wise fallback matters for files that were appended to by different tools: a latin-1 line in an
-    otherwise UTF-8 file must not turn the whole file into mojibake.
+    otherwise UTF-8 file must not turn the whole file into mojibake. Bytes that do not decode become
+    :data:`tx.UNDECODABLE` (their rows are quarantined as ``undecodable``), never a silent guess.
 
     Raises:
-        DataError: the bytes look binary (NUL bytes in a file without a UTF-16/32 BOM), or they start with
-            a UTF-16/32 BOM but do not decode as such.
+        DataError: the bytes look binary (see :func:`looks_binary`), or they start with a UTF-16/32 BOM
+            but do not decode as such.
     """
+    if encoding != "auto":  # forced: no BOM sniffing and no binary check (UTF-16 without a BOM is text)
+        codec = codecs.lookup(encoding).name
+        return raw.decode("utf-8-sig" if codec == "utf-8" else codec, errors=tx.MARK_UNDECODABLE)
     for bom, codec in BOMS:
         if raw.startswith(bom):
             try:
@@ -118,26 +130,28 @@ def _decode(raw: bytes, path: str) -> str:
                     f"{path}: starts with a {codec.upper()} byte-order mark but is not {codec.upper()} text "
                     f"({exc.reason} at byte {exc.start})"
                 ) from None
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{path}: looks like a binary file (NUL bytes), not text data")
+    if tx.looks_binary(raw):
+        raise DataError(
+            f"{path}: looks like a binary file (NUL and control bytes), not text data "
+            "(UTF-16/32 text without a byte-order mark: set data.encoding)"
+        )
     # Removed here rather than by "utf-8-sig" so that the line-wise fallback does not keep it either
     # (it would end up in the first column name).
     raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return "".join(_decode_line(line) for line in raw.splitlines(keepends=True))
+        return tx.decode_lines(raw)
 
 
-def _decode_line(line: bytes) -> str:
+def decode_cell(raw: bytes, encoding: str = "auto") -> str | None:
+    """A binary cell (Parquet ``bytes``) as text by the rules for files; None when it is not text."""
+    if encoding == "auto" and tx.looks_binary(raw):
+        return None
     try:
-        return line.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return line.decode("cp1252")  # the usual legacy export encoding (Excel, Windows tools)
-    except UnicodeDecodeError:
-        return line.decode("latin-1")  # cp1252 leaves five bytes undefined; latin-1 maps every byte
+        return _decode(raw, "", encoding)
+    except DataError:
+        return None
 
 
 def detect_format(path: str, text_head: str, declared: str) -> str:
@@ -273,7 +287,7 @@ def read_file(path: str, cfg: DataConfig) -> tuple[pd.DataFrame, list[dict]]:
                 return pd.read_parquet(fh), []
             except Exception as exc:  # pyarrow raises several types for corrupt files
                 raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    text = _decode(_read_bytes(path), path)
+    text = _decode(_read_bytes(path), path, cfg.encoding)
     if not text.strip():  # checked after decoding: a lone BOM or Unicode spaces are empty too
         raise DataError(f"{path}: file is empty")
     fmt = detect_format(path, text[:4096], cfg.format)
@@ -322,12 +336,40 @@ def _sniff_delimiter(text: str) -> str:
         return ","
 
 
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return ""
+def _missing(value: object) -> bool:
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return value is None or value is pd.NA or value is pd.NaT
+
+
+def _label_cell(value: object, encoding: str) -> tuple[str, str]:
+    """A label as a string, and what is wrong with it ('' when nothing): numbers are fine as labels."""
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # integer labels read as float because of missing values
-    return str(value)
+        return str(int(value)), ""  # integer labels read as float because of missing values
+    if isinstance(value, (str, int, float, np.number, np.bool_)) or _missing(value):
+        return _text_cell(str(value) if not _missing(value) else None, encoding)
+    return _text_cell(value, encoding)
+
+
+def _text_cell(value: object, encoding: str) -> tuple[str, str]:
+    """A text cell as a string, and what is wrong with it ('' when nothing).
+
+    Strings are text; bytes are decoded by the rules for files; anything else (a JSON object or list, a
+    Parquet list or struct, a number) is not text: it is shown (as JSON) and its row quarantined.
+    """
+    if _missing(value):
+        return "", ""
+    if isinstance(value, str):
+        return value, ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        text = decode_cell(bytes(value), encoding)
+        return (text, "") if text is not None else (repr(bytes(value)[:200]), "binary data")
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    kind = {dict: "a JSON object", list: "a list", tuple: "a list", bool: "a boolean"}.get(type(value))
+    if kind is None:
+        kind = "a number" if isinstance(value, (int, float, np.number)) else f"a {type(value).__name__}"
+    return json.dumps(value, ensure_ascii=False, default=str)[:2000], kind
 
 
 def _require(frame: pd.DataFrame, wanted: list[str], path: str) -> None:
@@ -337,34 +379,46 @@ def _require(frame: pd.DataFrame, wanted: list[str], path: str) -> None:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has: {have}")
 
 
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    if name not in frame.columns:
-        return pd.Series("", index=frame.index)
-    return frame[name].map(_cell).str.strip()
+class _Columns:
+    """Reads a file's columns as stripped strings, remembering per row what was not text in which column."""
+
+    def __init__(self, frame: pd.DataFrame, encoding: str) -> None:
+        self.frame, self.encoding = frame, encoding
+        self.problems = pd.Series("", index=frame.index, dtype=object)
+
+    def get(self, name: str, label: bool = False) -> pd.Series:
+        if name not in self.frame.columns:
+            return pd.Series("", index=self.frame.index, dtype=object)
+        read = _label_cell if label else _text_cell
+        cells = [read(v, self.encoding) for v in self.frame[name].tolist()]
+        for i, (_, kind) in zip(self.frame.index, cells, strict=True):
+            if kind and not self.problems[i]:
+                self.problems[i] = f"not_text: column {name!r} holds {kind}, not text"
+        return pd.Series([t for t, _ in cells], index=self.frame.index, dtype=object).str.strip()
 
 
-def _labelled_text(frame: pd.DataFrame, path: str, cfg: DataConfig) -> dict[str, object]:
+def _labelled_text(frame: pd.DataFrame, path: str, cfg: DataConfig, cols: _Columns) -> dict[str, object]:
     _require(frame, [*cfg.text_columns, cfg.label_column], path)
-    parts = [_column(frame, c) for c in cfg.text_columns]
+    parts = [cols.get(c) for c in cfg.text_columns]
     # Empty parts are skipped so that a missing title does not leave a dangling separator.
     text = [cfg.text_separator.join(p for p in values if p) for values in zip(*parts, strict=True)]
-    labels = _column(frame, cfg.label_column)
+    labels = cols.get(cfg.label_column, label=True)
     if cfg.label_names:
         labels = labels.map(lambda raw: cfg.label_names.get(raw, raw))
     return {"text": text, "label": labels}
 
 
-def _instruction(frame: pd.DataFrame, path: str, cfg: DataConfig) -> dict[str, object]:
+def _instruction(frame: pd.DataFrame, path: str, cfg: DataConfig, cols: _Columns) -> dict[str, object]:
     present = [c for c in cfg.answer_columns if c in frame.columns]
     if not present:
         _require(frame, [cfg.instruction_column, " or ".join(cfg.answer_columns)], path)
     _require(frame, [cfg.instruction_column], path)
-    answers = _column(frame, present[0])
+    answers = cols.get(present[0])
     for other in present[1:]:  # files that mix `output` and `response` records
-        answers = answers.where(answers != "", _column(frame, other))
+        answers = answers.where(answers != "", cols.get(other))
     columns = {
-        "instruction": _column(frame, cfg.instruction_column),
-        "input": _column(frame, cfg.input_column),
+        "instruction": cols.get(cfg.instruction_column),
+        "input": cols.get(cfg.input_column),
         "output": answers,
     }
     # `text` (prompt and answer together) is what dedup, split hashing and length limits look at
@@ -372,7 +426,33 @@ def _instruction(frame: pd.DataFrame, path: str, cfg: DataConfig) -> dict[str, o
         "\n\n".join(p for p in parts if p)
         for parts in zip(columns["instruction"], columns["input"], columns["output"], strict=True)
     ]
-    return {"text": text, "label": "", **columns}
+    out = {"text": text, "label": "", **columns}
+    if HISTORY_COLUMN in frame.columns:  # alpaca multi-turn: earlier turns that are not trained on (yet)
+        out[DROPPED_TURNS] = frame[HISTORY_COLUMN].map(_turns).to_numpy()
+    return out
+
+
+def _turns(value: object) -> int:
+    """The number of earlier turns in an alpaca ``history`` cell ([[prompt, answer], ...])."""
+    if isinstance(value, np.ndarray):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if isinstance(value, str) and value.strip() not in ("", "[]"):
+        return 1
+    return 0
+
+
+def _mark_undecodable(out: pd.DataFrame) -> None:
+    """Rows holding bytes that did not decode: quarantined as ``undecodable``, shown with U+FFFD."""
+    for name in ("text", "label", "instruction", "input", "output"):
+        if name not in out.columns or out.empty:
+            continue
+        hit = out[name].str.contains(tx.UNDECODABLE, regex=False)
+        if hit.any():
+            fresh = hit & (out["error"] == "")
+            out.loc[fresh, "error"] = f"undecodable: column {name!r} holds bytes that do not decode"
+            out.loc[hit, name] = out.loc[hit, name].str.replace(tx.UNDECODABLE, "\ufffd")
 
 
 def map_columns(
@@ -397,7 +477,9 @@ def map_columns(
     repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()] if c in used})
     if repeated:
         raise DataError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
-    mapped = _instruction(frame, path, cfg) if kind == "instruction" else _labelled_text(frame, path, cfg)
+    cols = _Columns(frame, cfg.encoding)
+    read = _instruction if kind == "instruction" else _labelled_text
+    mapped = read(frame, path, cfg, cols)
     source = path if "_split" not in frame.columns else path + "[" + frame["_split"].astype(str) + "]"
     out = pd.DataFrame(
         {
@@ -405,13 +487,14 @@ def map_columns(
             "source": source,
             # CSV/TSV/JSONL: the line a record starts on; JSON/Parquet/datasets: the record number
             "row": frame["_line"] if "_line" in frame.columns else range(1, len(frame) + 1),
-            "error": "",
+            "error": cols.problems.to_numpy(),
         }
     )
+    _mark_undecodable(out)
     if bad:
         malformed = pd.DataFrame(
             {
-                "text": [b["raw"] for b in bad],
+                "text": [b["raw"].replace(tx.UNDECODABLE, "\ufffd") for b in bad],
                 "label": "",
                 "source": path,
                 "row": [b.get("line", 0) for b in bad],
@@ -452,4 +535,25 @@ def ingest(cfg: DataConfig, kind: str = "labelled_text") -> pd.DataFrame:
         raise DataError(f"{where}: no records" + (f" (only the column names: {names})" if names else ""))
     result = pd.concat(frames, ignore_index=True)
     result["row"] = result["row"].astype("int64")
+    if DROPPED_TURNS in result.columns:
+        result[DROPPED_TURNS] = result[DROPPED_TURNS].fillna(0).astype("int64")
+    if kind != "instruction" and not cfg.labels:
+        _check_label_kinds(result, cfg)
     return result
+
+
+def _check_label_kinds(rows: pd.DataFrame, cfg: DataConfig) -> None:
+    """Labels that are numbers and names at once are two encodings of the classes, not more classes.
+
+    Raises:
+        DataError: the label column mixes numbers and names and the recipe has no ``labels`` list.
+    """
+    values = pd.unique(rows.loc[(rows["error"] == "") & (rows["label"] != ""), "label"])
+    numbers = sorted((v for v in values if _NUMBER.fullmatch(v)), key=float)
+    names = sorted(v for v in values if not _NUMBER.fullmatch(v))
+    if numbers and names:
+        raise DataError(
+            f"{cfg.source}: column {cfg.label_column!r} mixes numbers ({', '.join(numbers[:5])}) and names "
+            f"({', '.join(names[:5])}) as labels; list the classes in data.labels (rows with other labels "
+            "are quarantined) or map the numbers to names with data.label_names"
+        )

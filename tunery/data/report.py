@@ -41,6 +41,19 @@ def content_digest(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def clean_warnings(stats: dict) -> list[str]:
+    """What the cleaning counts say a person should know before training on the data."""
+    warnings = []
+    history = stats.get("history_ignored", {})
+    if history.get("rows"):
+        warnings.append(
+            f"{history['rows']} of {stats['rows_in']} rows have a `history` of earlier turns "
+            f"({history['turns']} turns) that is ignored: {history['kept']} kept rows are trained as "
+            "stand-alone last turns (multi-turn alpaca data is not supported yet)"
+        )
+    return warnings
+
+
 def split_summary(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
     """Rows, content digest, label counts and shares, and length quantiles of each split."""
     total = sum(len(p) for p in parts.values()) or 1

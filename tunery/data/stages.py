@@ -9,7 +9,7 @@ import pandas as pd
 
 from tunery.config import Recipe
 from tunery.data import report
-from tunery.data.clean import clean
+from tunery.data.clean import CleanResult, QuarantineLimitExceeded, clean
 from tunery.data.ingest import ingest
 from tunery.data.split import split
 from tunery.layout import SPLITS, RunLayout
@@ -45,13 +45,28 @@ def clean_stage(recipe: Recipe, layout: RunLayout, ingested: Path | None = None)
     tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens else None
     cache = layout.data_dir / ".arrow"
     cache.mkdir(parents=True, exist_ok=True)
-    result = clean(
-        pd.read_parquet(ingested or layout.ingested), recipe.cleaning, recipe.data.labels, cache, tokenizer
-    )
+    rows = pd.read_parquet(ingested or layout.ingested)
+    try:
+        result = clean(rows, recipe.cleaning, recipe.data.labels, cache, tokenizer)
+    except QuarantineLimitExceeded as exc:
+        if exc.result is not None:  # the run fails, but which rows were bad must still be visible
+            _write_clean_outputs(layout, exc.result, error=str(exc))
+        raise
     result.kept.to_parquet(layout.cleaned, index=False)
-    result.quarantined.to_json(layout.quarantine, orient="records", lines=True, force_ascii=False)
-    _write_json(layout.data_report, {"clean": result.stats, "quarantine_file": str(layout.quarantine)})
+    _write_clean_outputs(layout, result)
     return layout.cleaned
+
+
+def _write_clean_outputs(layout: RunLayout, result: CleanResult, error: str | None = None) -> None:
+    """The quarantine file and the data report of a cleaning (``error``: why it failed the run)."""
+    layout.quarantine.parent.mkdir(parents=True, exist_ok=True)
+    result.quarantined.to_json(layout.quarantine, orient="records", lines=True, force_ascii=False)
+    payload = {
+        "clean": result.stats,
+        "quarantine_file": str(layout.quarantine),
+        "warnings": report.clean_warnings(result.stats),
+    }
+    _write_json(layout.data_report, payload | ({"error": error} if error else {}))
 
 
 def split_stage(recipe: Recipe, layout: RunLayout, cleaned: Path | None = None) -> dict[str, str]:
@@ -67,7 +82,9 @@ def split_stage(recipe: Recipe, layout: RunLayout, cleaned: Path | None = None) 
         frame.to_parquet(layout.split(name), index=False)
     data_report = json.loads((cleaned.parent / layout.data_report.name).read_text(encoding="utf-8"))
     data_report["split"] = report.split_summary(parts)
-    data_report["warnings"] = warnings
+    # the clean stage's warnings (recomputed from its counts: a retried split must not repeat them), then
+    # the split's
+    data_report["warnings"] = [*report.clean_warnings(data_report["clean"]), *warnings]
     data_report["plots"] = [
         str(report.plot_lengths(parts, layout.data_dir / "lengths.png")),
         str(report.plot_labels(data_report["split"], layout.data_dir / "labels.png")),

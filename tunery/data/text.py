@@ -1,7 +1,8 @@
-"""Markup to plain text: HTML to text and raw RFC 822 e-mail to subject + body.
+"""Markup to plain text: HTML to text, raw RFC 822 e-mail to subject + body, data-file bytes to text.
 
-Pure ``str -> str`` (or ``str -> bool``) functions on the standard library only, so the same code runs in
-ingestion, in training and in serving, and is cheap to property-test. PII placeholders are
+Pure ``str -> str`` (or ``str -> bool``, ``bytes -> str``) functions on the standard library only (plus
+charset-normalizer to detect legacy encodings), so the same code runs in ingestion, in training and in
+serving, and is cheap to property-test. PII placeholders are
 :mod:`tunery.data.pii`; the optional normalisations are :mod:`tunery.data.wording`.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import email
 import email.header
 import email.policy
 import html
 import quopri
 import re
+import unicodedata
 from email.message import Message
 
 # --------------------------------------------------------------------------------------------------------
@@ -384,3 +387,143 @@ def _manual_email_to_text(raw: str) -> str:
         return "\n\n".join(p for p in (subject, body) if p)
     except Exception:  # never raise: the raw text is still better than nothing
         return raw.strip()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bytes to text (data files)
+# --------------------------------------------------------------------------------------------------------
+
+# Stands for bytes that did not decode, from decoding until ingest quarantines the row (``undecodable``):
+# a Unicode noncharacter, reserved for internal use, so it never collides with text (U+FFFD in a valid
+# UTF-8 file is text someone else already replaced, and is kept).
+UNDECODABLE = "\ufdd0"
+MARK_UNDECODABLE = "tunery-undecodable"
+codecs.register_error(MARK_UNDECODABLE, lambda exc: (UNDECODABLE, exc.end))
+# Legacy encodings that detection may choose (Python codec names); Latin-script code pages are not among
+# them: for those the cp1252/latin-1 default is as good a guess and detection is unreliable.
+LEGACY_CODECS = frozenset(
+    {
+        *("cp932", "shift_jis", "shift_jis_2004", "shift_jisx0213", "euc_jp", "euc_jis_2004", "iso2022_jp"),
+        *("gb18030", "gbk", "gb2312", "hz", "big5", "big5hkscs", "cp950", "euc_kr", "cp949", "johab"),
+        *("cp1251", "koi8_r", "koi8_u", "iso8859_5", "mac_cyrillic", "cp866", "cp855"),
+        *("cp1253", "iso8859_7", "cp1255", "iso8859_8", "cp1256", "iso8859_6", "cp874", "tis_620"),
+    }
+)
+_SIGNATURES = (
+    *(b"\x89PNG", b"GIF87a", b"GIF89a", b"\xff\xd8\xff", b"PK\x03\x04", b"\x1f\x8b", b"%PDF-", b"\x7fELF"),
+    *(b"\xfd7zXZ\x00", b"7z\xbc\xaf", b"PAR1", b"SQLite format 3\x00", b"\xd0\xcf\x11\xe0"),
+)
+# C0 control bytes other than tab, line breaks, form feed, vertical tab and ESC (ISO-2022), and DEL.
+_CONTROL_BYTES = bytes(sorted(set(range(32)) - set(b"\t\n\r\f\v\x1b"))) + b"\x7f"
+_HIGH_BYTES = bytes(range(128, 256))
+
+
+def looks_binary(raw: bytes) -> bool:
+    """A file signature (PNG, ZIP, gzip, PDF, ELF, Parquet, ...), or control bytes dense enough that this is
+    no text: over 10 % of the first 64 KiB, or over 5 % when those bytes are not UTF-8 either. A stray NUL
+    in text is not binary: its row is quarantined (``control_characters``) wherever it is in the file."""
+    head = raw[:65536]
+    if not head:
+        return False
+    if head.startswith(_SIGNATURES):
+        return True
+    share = (len(head) - len(head.translate(None, _CONTROL_BYTES))) / len(head)
+    if share > 0.10:
+        return True
+    if share <= 0.05:
+        return False
+    try:  # incremental: a character cut at the end of the sample is still UTF-8
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def decode_lines(raw: bytes) -> str:
+    """UTF-8 lines as they are; the others in the detected legacy encoding, or cp1252/latin-1."""
+    lines = raw.splitlines(keepends=True)  # bytes split at \n and \r only: safe in CJK multi-byte codes
+    decoded: list[str | None] = []
+    for line in lines:
+        try:
+            decoded.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            decoded.append(None)
+    legacy = _legacy_codec([line for line, text in zip(lines, decoded, strict=True) if text is None])
+    return "".join(
+        text if text is not None else _decode_legacy(line, legacy)
+        for line, text in zip(lines, decoded, strict=True)
+    )
+
+
+def _legacy_codec(lines: list[bytes]) -> str | None:
+    """The non-Western encoding of the lines that are not UTF-8 (Shift-JIS, GB18030, Big5, EUC-KR,
+    cp1251, ...), or None for the Western single-byte default (cp1252, then latin-1).
+
+    charset-normalizer names a candidate; short or Latin-script text is ambiguous (cp1252 letters next to
+    ASCII ones are also valid GB18030 or Shift-JIS, as rare characters), so the candidate must be one of
+    :data:`LEGACY_CODECS`, have at least 8 non-ASCII bytes of evidence, decode at least 80 % of the lines
+    without error, and read as common characters of its script (:func:`_common`) for 90 % of the
+    non-ASCII ones.
+    """
+    sample = b"".join(lines)[:200_000]
+    if len(sample) - len(sample.translate(None, _HIGH_BYTES)) < 8:
+        return None
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(sample).best()
+    codec = codecs.lookup(best.encoding).name if best is not None else ""
+    if codec not in LEGACY_CODECS:
+        return None
+    if sum(_decodes(line, codec) for line in lines) < 0.8 * len(lines):
+        return None
+    chars = [c for c in sample.decode(codec, "replace") if not c.isascii()]
+    return codec if sum(_common(c, codec) for c in chars) >= 0.9 * len(chars) else None
+
+
+# The first byte of the common characters in each CJK double-byte code: symbols, kana or Hangul and the
+# first level of ideographs (JIS X 0208 level 1, GB2312, Big5 level 1, KS X 1001 Hangul).
+_COMMON_LEADS = {
+    "shift_jis": range(0x81, 0x99),
+    "gb2312": range(0xA1, 0xF8),
+    "big5": range(0xA1, 0xC7),
+    "euc_kr": range(0xA1, 0xC9),
+}
+_CODE_FAMILY = {
+    **dict.fromkeys(("cp932", "shift_jis", "shift_jis_2004", "shift_jisx0213"), "shift_jis"),
+    **dict.fromkeys(("euc_jp", "euc_jis_2004", "iso2022_jp"), "shift_jis"),
+    **dict.fromkeys(("gb18030", "gbk", "gb2312", "hz"), "gb2312"),
+    **dict.fromkeys(("big5", "big5hkscs", "cp950"), "big5"),
+    **dict.fromkeys(("euc_kr", "cp949", "johab"), "euc_kr"),
+}
+
+
+def _common(char: str, codec: str) -> bool:
+    """Whether a decoded character is an ordinary one of the candidate encoding's script."""
+    family = _CODE_FAMILY.get(codec)
+    if family is None:  # single-byte: anything printable but a Latin letter (a Cyrillic word, a dash, «»)
+        latin = char.isalpha() and unicodedata.name(char, "").startswith("LATIN")
+        return not latin and unicodedata.category(char)[0] != "C"
+    try:
+        encoded = char.encode(family)
+    except UnicodeEncodeError:
+        return False
+    return len(encoded) == 2 and encoded[0] in _COMMON_LEADS[family]
+
+
+def _decode_legacy(line: bytes, codec: str | None) -> str:
+    return line.decode(codec, MARK_UNDECODABLE) if codec else _decode_western(line)
+
+
+def _decodes(line: bytes, codec: str) -> bool:
+    try:
+        line.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decode_western(line: bytes) -> str:
+    try:
+        return line.decode("cp1252")  # the usual legacy export encoding (Excel, Windows tools)
+    except UnicodeDecodeError:
+        return line.decode("latin-1")  # cp1252 leaves five bytes undefined; latin-1 maps every byte

@@ -7,7 +7,7 @@
 - ``generation``: ROUGE-L, ``#### N`` exact match, perplexity (sft).
 - ``plots``: confusion matrix, ROC curves, reliability diagram.
 - ``forgetting``: continuous learning's check against earlier drops.
-- ``report``: the run's one-line and markdown summaries.
+- ``report`` and ``artifacts``: the run's summaries for people (one line, markdown with the plots embedded).
 
 May import: ``tunery.config``, ``tunery.layout``, ``tunery.models``, ``tunery.plotting``, ``tunery.serving``
 (to score a model folder), ``tunery.training`` (sft encoding and generation, loading an export).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit, urlunsplit
 
 from tunery.layout import RunLayout
 
@@ -58,7 +59,8 @@ def run_markdown(
         f"MLflow run `{registration.run_id}` · model `{registration.model_uri}` · run folder `{layout.root}`",
     ]
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri.rstrip("/")
+        parts = urlsplit(tracking_uri)  # a link never carries `user:password@` (docs/security.md)
+        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
         lines += [
             "",
             f"[MLflow run]({base}/#/experiments/{experiment_id}/runs/{registration.run_id}) · "

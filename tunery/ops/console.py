@@ -11,8 +11,11 @@ No Prefect import: loggers are found by name.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import resource
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,3 +160,57 @@ def error_line(exc: BaseException) -> str:
         return type(exc).__name__
     first = f"{type(exc).__name__}: {lines[0]}"
     return first if len(lines) == 1 else f"{first} ... {lines[-1]}"
+
+
+# less free than this where a run writes: its failure is reported as a full disk
+LOW_SPACE_BYTES = 16 * 1024 * 1024
+_DISK_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EFBIG: "File too large"}
+
+
+def disk_problem(exc: BaseException, folders: list[str | Path]) -> str | None:
+    """Name a full disk or a file-size limit behind a failure, whichever process hit it.
+
+    A full disk often surfaces far from its cause: the temporary Prefect server's database write fails
+    and the run sees an HTTP 500, or a training rank dies while saving a checkpoint. So besides the
+    exception chain (``ENOSPC`` / ``EFBIG``), the folders the run writes to are checked: free space
+    under :data:`LOW_SPACE_BYTES`, or a file that reached this process's file-size limit (RLIMIT_FSIZE).
+    """
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
+            where = f": {current.filename}" if current.filename else ""
+            return f"{_DISK_ERRNOS[current.errno]}{where}"
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    for message in _DISK_ERRNOS.values():
+        if message in text:
+            return f"{message} (see the full log)"
+    for folder in folders:
+        found = _low_space(Path(folder)) or _size_limit(Path(folder))
+        if found:
+            return found
+    return None
+
+
+def _low_space(folder: Path) -> str | None:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free < LOW_SPACE_BYTES:
+        return f"No space left on device: {folder} has {free / 2**20:.1f} MiB free"
+    return None
+
+
+def _size_limit(folder: Path) -> str | None:
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY or not folder.is_dir():
+        return None
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_size >= limit:
+                return f"File too large: {path} reached the file-size limit of {limit} bytes (ulimit -f)"
+        except OSError:
+            continue
+    return None

@@ -10,6 +10,7 @@ import numpy as np
 from tunery.config import CleaningConfig
 from tunery.data.clean import clean_text
 from tunery.layout import MODEL_META
+from tunery.serving.limits import check
 
 
 class TextClassifier:
@@ -38,16 +39,20 @@ class TextClassifier:
     def predict_proba(self, texts: list[str], clean: bool = True) -> np.ndarray:
         """Class probabilities, shape (len(texts), len(labels)), columns in ``self.labels`` order.
 
+        Inside a served request, the request's budget is checked before each batch
+        (:func:`tunery.serving.limits.check` raises once its deadline passed or its client left).
+
         Args:
             texts: raw texts; ``None`` is treated as empty.
             clean: apply the training-time cleaning first (True for raw input).
         """
-        prepared = [clean_text(t or "", self.cleaning) if clean else (t or "") for t in texts]
         out = []
         with self._torch.inference_mode():
-            for start in range(0, len(prepared), self.batch_size):
+            for start in range(0, len(texts), self.batch_size):
+                check()
+                part = texts[start : start + self.batch_size]
                 batch = self.tokenizer(
-                    prepared[start : start + self.batch_size],
+                    [clean_text(t or "", self.cleaning) if clean else (t or "") for t in part],
                     truncation=True,
                     max_length=self.meta["max_length"],
                     padding=True,
@@ -57,6 +62,25 @@ class TextClassifier:
         if not out:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return np.concatenate(out)
+
+    def prepare(self, texts: list[str | None]) -> tuple[list[str], list[str]]:
+        """The training-time cleaning of raw texts, and per text why it cannot be scored ('' if it can).
+
+        ``empty_text``: null, or nothing left after cleaning; ``too_short``: shorter than
+        ``cleaning.min_chars`` after cleaning. The clean stage quarantines both, so the model never saw such
+        rows. Longer texts are truncated to ``max_length`` as in training. The request budget is checked
+        between batches, as in :meth:`predict_proba`.
+        """
+        cleaned, errors = [], []
+        for i, text in enumerate(texts):
+            if i % self.batch_size == 0:
+                check()
+            value = "" if text is None else clean_text(text, self.cleaning)
+            cleaned.append(value)
+            errors.append(
+                "empty_text" if not value else "too_short" if len(value) < self.cleaning.min_chars else ""
+            )
+        return cleaned, errors
 
     def predict(self, texts: list[str], clean: bool = True) -> list[str]:
         """The most probable label of each text."""

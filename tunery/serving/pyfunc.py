@@ -1,7 +1,9 @@
 """The MLflow pyfuncs that registered tunery models are served as.
 
 - classification: raw text in (a DataFrame with a ``text`` column, or a list of strings); the training-time
-  cleaning is applied; out: ``label`` plus one ``prob_<label>`` column per class.
+  cleaning is applied; out: ``label`` plus one ``prob_<label>`` column per class, and ``error``: '' for a
+  scored row, else the reason code the clean stage would have quarantined it with (``empty_text`` for null,
+  empty or nothing-left-after-cleaning text, ``too_short``), with label and probabilities null.
 - sft: instructions in (a DataFrame with ``instruction`` and optional ``input`` columns, or a list of
   instruction strings); out: the generated ``answer``.
 
@@ -10,13 +12,20 @@ The serving environment needs ``tunery`` installed (the serving image and ``tune
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 
 
-def _texts(model_input) -> list[str]:
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _texts(model_input) -> list[str | None]:
+    """The texts of a request; ``None`` where a row has no text (null, NaN)."""
     if isinstance(model_input, pd.DataFrame):
         column = "text" if "text" in model_input.columns else model_input.columns[0]
         values = model_input[column].tolist()
@@ -26,23 +35,33 @@ def _texts(model_input) -> list[str]:
         values = [model_input]
     else:
         values = list(model_input)
-    return ["" if v is None else str(v) for v in values]
+    return [None if _missing(v) else str(v) for v in values]
 
 
 def _instructions(model_input) -> pd.DataFrame:
     if isinstance(model_input, pd.DataFrame) and "instruction" in model_input.columns:
         frame = model_input.copy()
     else:
-        frame = pd.DataFrame({"instruction": _texts(model_input)})
+        frame = pd.DataFrame({"instruction": ["" if t is None else t for t in _texts(model_input)]})
     if "input" not in frame.columns:
         frame["input"] = ""
     return frame.fillna("").astype({"instruction": str, "input": str})
 
 
-def _frame(classifier, texts: list[str]) -> pd.DataFrame:
-    probs = classifier.predict_proba(texts, clean=True)
-    out = pd.DataFrame(probs, columns=[f"prob_{label}" for label in classifier.labels])
-    out.insert(0, "label", [classifier.labels[i] for i in probs.argmax(axis=1)] if len(texts) else [])
+def _frame(classifier, texts: list[str | None]) -> pd.DataFrame:
+    cleaned, errors = classifier.prepare(texts)
+    keep = [i for i, error in enumerate(errors) if not error]
+    probs = classifier.predict_proba([cleaned[i] for i in keep], clean=False)
+    columns = [f"prob_{label}" for label in classifier.labels]
+    out = pd.DataFrame(np.nan, index=range(len(texts)), columns=columns, dtype="float64")
+    labels = pd.Series([None] * len(texts), dtype="object")
+    if keep:
+        out.iloc[keep, :] = probs
+        labels.iloc[keep] = [classifier.labels[i] for i in probs.argmax(axis=1)]
+    if len(keep) < len(texts):  # null, not NaN: JSON answers must stay valid JSON
+        out = out.astype(object).where(out.notna(), None)
+    out.insert(0, "label", labels)
+    out["error"] = errors
     return out
 
 
@@ -54,7 +73,7 @@ def predictions_frame(model_dir: str | Path, texts: list[str]) -> pd.DataFrame:
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    """Raw text in; label and class probabilities out."""
+    """Raw text in; label, class probabilities and a per-row ``error`` out."""
 
     def load_context(self, context):
         from tunery.serving.inference import TextClassifier

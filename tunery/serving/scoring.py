@@ -14,6 +14,7 @@ import pandas as pd
 
 from tunery.config import DataConfig
 from tunery.data.ingest import DataError, read_file
+from tunery.serving.server import MAX_REQUEST_BYTES, MAX_ROWS, REQUEST_TIMEOUT_S
 from tunery.tracking import use_tracking_uri
 
 WRITERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -89,24 +90,38 @@ def score_file(
     return _write(pd.concat([rows.reset_index(drop=True), predictions], axis=1), Path(output_path))
 
 
-def serve_command(reference: str, host: str, port: int, workers: int = 1) -> list[str]:
-    """The MLflow scoring-server command for a registered model (served from this environment)."""
+def serve_command(
+    reference: str,
+    host: str,
+    port: int,
+    workers: int = 1,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_rows: int = MAX_ROWS,
+    request_timeout: float = REQUEST_TIMEOUT_S,
+) -> list[str]:
+    """The command of tunery's scoring server for a registered model (served from this environment).
+
+    MLflow's scoring app (same endpoints and formats as ``mlflow models serve``) behind the request limits
+    of :mod:`tunery.serving.server`: bodies over ``max_request_bytes`` and requests over ``max_rows`` rows
+    get 413; work past ``request_timeout`` seconds or whose client disconnected stops (504 on timeout).
+    """
     import sys
 
     return [
         sys.executable,
         "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri(reference),
-        "--env-manager",
-        "local",
+        "tunery.serving.server",
+        reference,
         "--host",
         host,
         "--port",
         str(port),
         "--workers",
         str(workers),
+        "--max-request-bytes",
+        str(max_request_bytes),
+        "--max-rows",
+        str(max_rows),
+        "--request-timeout",
+        f"{request_timeout:g}",
     ]

@@ -26,6 +26,7 @@ from pathlib import Path
 from tunery.config import Recipe
 from tunery.layout import COMPLETE_MARKER, RunLayout
 from tunery.ops.process import free_port, stop_group
+from tunery.tracking import redact_value
 
 TAIL_LINES = 80
 ZERO_CONFIGS = "zero_configs"  # package-data folder of the DeepSpeed JSON configs, one per recipe choice
@@ -147,7 +148,8 @@ def write_spec(recipe: Recipe, layout: RunLayout, run_id: str | None, resume: Pa
     """The job spec the worker reads: recipe, run folder, MLflow run, checkpoint to resume from."""
     ds_config = render_deepspeed_config(recipe, layout.train_dir / "deepspeed.json")
     spec = {
-        "recipe": recipe.model_dump(mode="json"),
+        # the job reads the run folder, never the data source: a credential in it stays out of the file
+        "recipe": redact_value(recipe.model_dump(mode="json")),
         "run_dir": str(layout.root),
         "run_id": run_id,
         "resume_from": str(resume) if resume else None,
