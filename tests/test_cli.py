@@ -151,7 +151,9 @@ def test_validate_rejects_a_conversation_file_the_recipe_does_not_match(tmp_path
 
 def run_demo_failing(workdir: Path, preexec=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tunery.cli", "run", "configs/helpdesk.yaml", f"workdir={workdir}"],
+        # a checkpoint after the first step: the write that cannot fit comes early
+        [sys.executable, "-m", "tunery.cli", "run", "configs/helpdesk.yaml", f"workdir={workdir}"]
+        + ["training.max_steps=2", "training.save_steps=1"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -191,3 +193,21 @@ def test_a_file_size_limit_is_the_final_message(tmp_path):
     assert result.returncode == 2
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error:") and "File too large" in last, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_slow_temporary_prefect_server_is_reported_with_the_fix(tmp_path):
+    """A start-up allowance the temporary server cannot meet (1 s): the run ends with one line that names
+    the setting to raise, not Prefect's raw RuntimeError with the server's output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tunery.cli", "run", "configs/helpdesk.yaml", f"workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"},
+    )
+    assert result.returncode == 2
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error:") and "did not answer within 1 s" in last, result.stderr[-2000:]
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in last

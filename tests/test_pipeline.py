@@ -80,7 +80,7 @@ def test_pipeline_runs_every_stage_in_order_without_prefect(pipeline_run):
 
 def test_pipeline_registers_a_champion_like_the_flow(pipeline_run):
     assert pipeline_run["alias"] == "champion" and pipeline_run["version"] == "1"
-    assert pipeline_run["model_uri"].startswith("models:/sms-plain/")
+    assert pipeline_run["model_uri"] == "models:/sms-plain@champion"
     mlflow.set_tracking_uri(f"sqlite:///{pipeline_run['db']}")
     try:
         mlf = mlflow.MlflowClient()
