@@ -72,6 +72,7 @@ def write_splits(tmp_path) -> RunLayout:
 LEARNING_RATES = {"full": 1e-4, "lora": 3e-3, "ia3": 3e-2, "prompt_tuning": 3e-2}
 
 
+@pytest.mark.slow  # 60 steps of the packaged MiniLM per method: the integration lane (make test)
 @pytest.mark.parametrize("method", list(LEARNING_RATES))
 def test_method_learns_and_exports_a_plain_model(tmp_path, method):
     from tunery.models import resolve_model

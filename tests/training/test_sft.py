@@ -332,6 +332,7 @@ def _starts(packed: dict) -> list[int]:
 # ---------------------------------------------------------------- training and generation
 
 
+@pytest.mark.slow  # whole training runs: the integration lane (make test), not the inner loop
 @pytest.mark.parametrize("packing", [False, True])
 def test_a_few_optimiser_steps_lower_the_loss(tiny_llama, smollm2_tokenizer, packing):
     import torch
