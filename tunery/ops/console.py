@@ -26,6 +26,15 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _STEP = re.compile(r"^step (\d+)/(\d+)\b")
 _ETA = re.compile(r"eta (\d+)s")
 _TRAINING_START = re.compile(r"^tunery: training (\d+) of (\d+) steps")
+_RETRY = re.compile(r"Retry \d+/\d+ will start")  # Prefect's line when a task run is retried
+
+
+def _short(message: str, limit: int = 200) -> str:
+    """The first line of a message and, for a retry, Prefect's "Retry n/m ..." tail."""
+    first = message.splitlines()[0]
+    retry = _RETRY.search(message)
+    head = first if len(first) <= limit else first[: limit - 1] + "…"
+    return head if not retry or retry.group(0) in head else f"{head} - {message[retry.start() :].strip()}"
 
 
 def log_path(workdir: str | Path, name: str) -> Path:
@@ -55,10 +64,14 @@ class ProgressHandler(logging.Handler):
             if stage:
                 self._stop_bar()
                 self.console.print(f"[bold cyan]{stage:>9}[/] {message}")
+            elif record.levelno >= logging.ERROR:
+                return  # the run's one error line says it at the end; the log file has the details
             elif record.levelno >= logging.WARNING:
                 self._stop_bar()
-                style = "red" if record.levelno >= logging.ERROR else "yellow"
-                self.console.print(f"[{style}]{record.levelname.lower():>9}[/] {message.splitlines()[0]}")
+                self.console.print(f"[yellow]{'warning':>9}[/] {message.splitlines()[0]}")
+            elif _RETRY.search(message):
+                self._stop_bar()
+                self.console.print(f"[yellow]{'retry':>9}[/] {_short(message)}")
             else:
                 self._training(message)
         except Exception:  # a display problem must never fail the run
@@ -119,7 +132,6 @@ class RunConsole:
         self._saved: tuple[IO[str], IO[str]] | None = None
         self._file: IO[str] | None = None
         self._handler: ProgressHandler | None = None
-        self._file_handler: logging.Handler | None = None
 
     def __enter__(self) -> RunConsole:
         if self.log is None:
