@@ -183,3 +183,22 @@ def test_random_batches_without_dropout_train_exactly_like_a_plain_trainer(tmp_p
     with torch.no_grad():
         ours, ref = exported(**batch).logits.numpy(), reference.model(**batch).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_a_retry_from_the_last_checkpoint_of_the_budget_trains_no_extra_step(tmp_path, tiny_bert, capfd):
+    """An attempt that trained to the end and failed afterwards (in the export, say) leaves a checkpoint at
+    the budget; resuming from it used to take one more step ("step 7/6"). Now the checkpoint is exported as
+    it is: the same validation loss, the same step count."""
+    layout = write_splits(tmp_path)
+    recipe = recipe_for(tiny_bert, "full", tmp_path, max_steps=6, save_steps=3, logging_steps=2)
+    train(recipe, layout)
+    first = json.loads((layout.train_dir / "metrics.json").read_text())
+    capfd.readouterr()
+
+    train(recipe, layout, resume_from=str(layout.checkpoints / "checkpoint-6"))
+    log = capfd.readouterr().out
+    resumed = json.loads((layout.train_dir / "metrics.json").read_text())
+    assert "checkpoint-6 holds all 6 steps of the budget" in log
+    assert "step 7/6" not in log
+    assert resumed["global_steps"] == 6 and resumed["resumed_from"].endswith("checkpoint-6")
+    assert resumed["validation"]["loss"] == pytest.approx(first["validation"]["loss"], abs=1e-6)

@@ -73,11 +73,17 @@ def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
         group set-up, first batch, kernel warm-up), evaluation time excluded, times the steps left, plus
         the evaluations still to come at the duration the last one took."""
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._first_step = state.global_step
+        def __init__(self):
+            self._reset(0)
+
+        def _reset(self, first_step: int) -> None:
+            self._first_step = first_step
             self._start = self._step_end = time.monotonic()
             self._first_done: float | None = None  # when this process's first step ended
             self._eval_s = self._eval_total_s = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._reset(state.global_step)
             if state.is_world_process_zero:
                 print(
                     f"tunery: training {state.max_steps - state.global_step} of {state.max_steps} steps "
@@ -268,6 +274,7 @@ def train(
     """
     import torch
     from transformers import AutoTokenizer, PrinterCallback, Trainer, set_seed
+    from transformers.trainer_utils import TrainOutput
 
     from tunery.training import methods
 
@@ -309,7 +316,22 @@ def train(
     started = time.perf_counter()
     if resume_from and _is_main():
         print(f"tunery: resuming training from {resume_from}", flush=True)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    finished = _finished_state(resume_from) if resume_from and not deepspeed_config else None
+    if finished is not None:
+        # The Trainer would take one more step from a checkpoint that already holds the whole budget (step
+        # 11 of 10): an earlier attempt trained to the end and failed after it (in the export, say).
+        if _is_main():
+            print(
+                f"tunery: {Path(resume_from).name} holds all {finished.global_step} steps of the budget: "
+                "exporting it without further training",
+                flush=True,
+            )
+        trainer._load_from_checkpoint(resume_from)  # transformers' loader: full weights or the adapter
+        trainer.state = finished
+        losses = [e["train_loss"] for e in finished.log_history if "train_loss" in e]
+        result = TrainOutput(finished.global_step, losses[-1] if losses else None, {})
+    else:
+        result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
     final_eval = _final_evaluation(trainer)
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_plugin.zero_stage == 3
@@ -354,6 +376,17 @@ def _reload(recipe: Recipe, final_dir: Path, base_path: str, labels: list[str] |
 
     base = methods.load_base_model(base_path, recipe.task, labels, recipe)
     return PeftModel.from_pretrained(base, str(final_dir))
+
+
+def _finished_state(checkpoint: str):
+    """The Trainer state saved in ``checkpoint`` when it already reached its step budget, else None."""
+    from transformers import TrainerState
+
+    path = Path(checkpoint) / "trainer_state.json"
+    if not path.is_file():
+        return None
+    state = TrainerState.load_from_json(str(path))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
 
 
 def _final_evaluation(trainer) -> dict:
