@@ -27,6 +27,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
+# variables tunery itself sets in its own process (a recipe's tracking URI with credentials moves them into
+# the environment, config.credentials_to_environment): one test's must not reach the next test's runs
+_PROCESS_ENVIRONMENT = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_URL",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_environment():
+    before = {name: os.environ.get(name) for name in _PROCESS_ENVIRONMENT}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data: real data sets. Missing data fails (never skips) so CI cannot pass without it."""

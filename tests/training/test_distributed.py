@@ -78,3 +78,29 @@ def test_failing_job_reports_the_tail_of_its_log(tiny_bert, tmp_path):
     layout.split("train").write_text("not parquet")  # the worker will crash reading it
     with pytest.raises(TrainingJobFailed, match=r"exited with code 1; last lines:\n(.|\n)*train.parquet"):
         run(recipe, layout)
+
+
+def test_zero2_job_retried_after_its_last_step_trains_no_extra_step(tiny_bert, tmp_path):
+    """A 2-process ZeRO-2 job that trained to its budget and failed afterwards (in the export, say) is
+    retried: it resumes from the budget's checkpoint and exports it, without a step 7 of 6."""
+    recipe = recipe_for(tiny_bert, "full", tmp_path, max_steps=6, save_steps=3, logging_steps=2)
+    recipe = recipe.model_copy(
+        update={
+            "distributed": recipe.distributed.model_copy(update={"num_processes": 2, "deepspeed": "zero2"})
+        }
+    )
+    layout = write_splits(tmp_path)
+    run(recipe, layout)
+    first = json.loads((layout.train_dir / "metrics.json").read_text())
+    (layout.model_dir / "model.safetensors").unlink()  # what the failed export left
+
+    lines = run(recipe, layout)
+    assert "tunery: resuming from checkpoint-6 (step 6)" in lines
+    assert not any(line.startswith("step 7/") for line in lines), [x for x in lines if x.startswith("step")]
+    assert any("checkpoint-6 holds all 6 steps of the budget" in line for line in lines), lines[-30:]
+    resumed = json.loads((layout.train_dir / "metrics.json").read_text())
+    assert resumed["global_steps"] == 6 and resumed["world_size"] == 2
+    assert resumed["resumed_from"].endswith("checkpoint-6")
+    assert resumed["validation"]["loss"] == pytest.approx(first["validation"]["loss"], abs=1e-5)
+    assert (layout.model_dir / "model.safetensors").exists()
+    assert not (layout.checkpoints / "checkpoint-7").exists()

@@ -301,7 +301,7 @@ def train(
         find_unused = bool(unused)
         if unused and _is_main():
             print(f"tunery: {len(unused)} trainable parameter(s) get no gradient: {unused[:5]}", flush=True)
-    trainer = Trainer(
+    trainer = _budget_trainer(Trainer)(
         model=model,
         args=_training_args(recipe, layout.checkpoints, deepspeed_config, find_unused),
         train_dataset=train_set,
@@ -316,22 +316,17 @@ def train(
     started = time.perf_counter()
     if resume_from and _is_main():
         print(f"tunery: resuming training from {resume_from}", flush=True)
-    finished = _finished_state(resume_from) if resume_from and not deepspeed_config else None
-    if finished is not None:
-        # The Trainer would take one more step from a checkpoint that already holds the whole budget (step
-        # 11 of 10): an earlier attempt trained to the end and failed after it (in the export, say).
-        if _is_main():
-            print(
-                f"tunery: {Path(resume_from).name} holds all {finished.global_step} steps of the budget: "
-                "exporting it without further training",
-                flush=True,
-            )
-        trainer._load_from_checkpoint(resume_from)  # transformers' loader: full weights or the adapter
-        trainer.state = finished
+    finished = _finished_state(resume_from) if resume_from else None
+    if finished is not None and _is_main():
+        print(
+            f"tunery: {Path(resume_from).name} holds all {finished.global_step} steps of the budget: "
+            "exporting it without further training",
+            flush=True,
+        )
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    if finished is not None:  # no step was taken: the loss is the one the checkpoint's attempt logged
         losses = [e["train_loss"] for e in finished.log_history if "train_loss" in e]
         result = TrainOutput(finished.global_step, losses[-1] if losses else None, {})
-    else:
-        result = trainer.train(resume_from_checkpoint=resume_from)
     elapsed = time.perf_counter() - started
     final_eval = _final_evaluation(trainer)
     zero3 = trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_plugin.zero_stage == 3
@@ -376,6 +371,26 @@ def _reload(recipe: Recipe, final_dir: Path, base_path: str, labels: list[str] |
 
     base = methods.load_base_model(base_path, recipe.task, labels, recipe)
     return PeftModel.from_pretrained(base, str(final_dir))
+
+
+def _budget_trainer(trainer_class):
+    """``trainer_class`` taking no step past its budget.
+
+    Resumed from a checkpoint that already holds every step (an attempt trained to the end and failed
+    afterwards, in the export say), transformers' loop skips the trained batches of the last epoch and then
+    takes one more step (step 11 of 10) before it checks the budget. Here that epoch does not start: the
+    restored weights (and, under DeepSpeed, the restored engine) are what training ends with."""
+
+    class BudgetTrainer(trainer_class):
+        def _run_epoch(self, *args, **kwargs):
+            if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+                self.control.should_training_stop = True
+                return None
+            return super()._run_epoch(*args, **kwargs)
+
+    if not callable(getattr(trainer_class, "_run_epoch", None)):  # transformers moved its epoch loop
+        raise RuntimeError("transformers.Trainer has no _run_epoch: check requirements/constraints.txt")
+    return BudgetTrainer
 
 
 def _finished_state(checkpoint: str):
