@@ -1,6 +1,6 @@
 """The recipe reference, generated from :class:`tunery.config.Recipe`: markdown, JSON schema, examples.
 
-``tunery recipe`` prints these for an installed user, who has no ``tunery/config.py`` to read;
+``tunery recipe`` prints these for an installed user, who has no ``tunery/config/`` to read;
 ``docs/recipe.md`` is the same markdown, kept in sync by a test. Regenerate it with::
 
     python -m tunery.reference > docs/recipe.md
@@ -225,7 +225,7 @@ def _table(model: type[BaseModel], prefix: str) -> list[str]:
 def reference_markdown() -> str:
     """The recipe reference as markdown: one table per section, every field with type, default, meaning."""
     out = [
-        f"<!-- Generated from tunery/config.py by `{REGENERATE}`; do not edit by hand. -->",
+        f"<!-- Generated from tunery/config/ by `{REGENERATE}`; do not edit by hand. -->",
         "",
         "# Recipe reference",
         "",

@@ -7,6 +7,7 @@
 - ``methods``: loading the base model and wrapping it for full / LoRA / QLoRA / IA3 / prompt methods.
 - ``export``: merging or packaging what was trained, checked numerically before it is written.
 - ``sft``: chat-template encoding, packing and generation for decoders.
+- ``chat``: multi-turn conversations on the model's chat template (labels per assistant turn, text tools).
 
 May import: ``tunery.config``, ``tunery.layout``, ``tunery.models``, ``tunery.tracking``, ``tunery.ops``.
 """

@@ -4,11 +4,15 @@ A recipe is a YAML file that is a saved instance of :class:`Recipe`. Every secti
 that a typo (``trainig:``) fails before any work starts, with a message that names the field. Dotted
 ``key=value`` overrides from the command line are applied to the raw mapping *before* validation, so an
 override is checked exactly like a value in the file.
+
+The sections live in ``base`` (what every section shares) and ``data`` (data, conversation, cleaning and
+split); the model, training, evaluation and tracking sections and :class:`Recipe` are here.
+
+May import: nothing else of tunery (every other part reads the recipe).
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -17,156 +21,20 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tunery.config.base import Section
+from tunery.config.data import CleaningConfig, ConversationConfig, DataConfig, SplitConfig
+
+# the sections live in submodules; `from tunery.config import DataConfig` is their public address
+__all__ = ["CleaningConfig", "ConversationConfig", "DataConfig", "Recipe", "RecipeError", "SplitConfig"]
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message is meant for the user, as is."""
 
 
-class _Section(BaseModel):
-    # allow_inf_nan: `training.epochs: .inf` or `.nan` is a typo or a mistake, never a setting
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class DataConfig(_Section):
-    """Where the data comes from and which columns mean what."""
-
-    source: str = Field(
-        description="File path, glob, or fsspec URI of the data (relative to the current directory)."
-    )
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
-        "auto", description="File format; 'auto' decides from the file extension and content."
-    )
-    encoding: str = Field(
-        "auto",
-        description="Text encoding of the files (a Python codec name, e.g. shift_jis, gb18030, cp1251); "
-        "'auto': a byte-order mark, else UTF-8, else the detected legacy encoding (cp1252 by default).",
-    )
-    text_columns: list[str] = Field(
-        default_factory=lambda: ["text"],
-        min_length=1,
-        description="Column(s) holding the text; several are joined with `text_separator`.",
-    )
-    text_separator: str = Field(". ", description="Separator used to join several text columns.")
-    label_column: str = Field("label", description="Column holding the class label.")
-    labels: list[str] | None = Field(
-        None, description="Explicit label set. Rows with another label are quarantined (unknown_label)."
-    )
-    label_names: dict[str, str] | None = Field(
-        None,
-        description="Map raw label values to names, e.g. {1: World, 2: Sports} (applied before `labels`).",
-    )
-    instruction_column: str = Field("instruction", description="Instruction data: the instruction column.")
-    input_column: str = Field("input", description="Instruction data: optional context column.")
-    answer_columns: list[str] = Field(
-        default_factory=lambda: ["output", "response"],
-        min_length=1,
-        description="Instruction data: answer column; the first one present in a record is used.",
-    )
-    has_header: bool = Field(True, description="CSV/TSV only: whether the first line is a header.")
-    column_names: list[str] | None = Field(
-        None, description="CSV/TSV only: names for the columns when the file has no header."
-    )
-
-    @field_validator("label_names", mode="before")
-    @classmethod
-    def _string_keys(cls, v: object) -> object:
-        # YAML reads `1: World` with an int key; raw labels are compared as strings
-        return {str(k): str(val) for k, val in v.items()} if isinstance(v, dict) else v
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, v: str) -> str:
-        if v != "auto":
-            try:
-                codecs.lookup(v)
-            except LookupError:
-                raise ValueError(f"unknown encoding {v!r} (a Python codec name, or 'auto')") from None
-        return v
-
-    @model_validator(mode="after")
-    def _header_names(self) -> DataConfig:
-        if not self.has_header and not self.column_names:
-            raise ValueError("`data.column_names` is required when `data.has_header` is false")
-        return self
-
-
-class CleaningConfig(_Section):
-    """Text cleaning. Defaults suit pretrained transformers: their tokenizers were trained on natural,
-    cased text, so lower-casing, contraction expansion and stop-word removal are available but off (they
-    throw away case and negation, e.g. "not good" -> "good", and move text away from what the model saw)."""
-
-    unicode_normalization: Literal["NFKC", "NFC", "none"] = Field(
-        "NFKC", description="Unicode normalisation form applied to every text."
-    )
-    parse_emails: bool = Field(
-        True, description="Turn raw RFC 822 e-mails into subject + decoded body text (headers dropped)."
-    )
-    strip_html: bool = Field(True, description="Turn HTML markup and entities into plain text.")
-    replace_urls: bool = Field(True, description="Replace URLs by [URL].")
-    replace_emails: bool = Field(True, description="Replace e-mail addresses by [EMAIL] (PII).")
-    replace_phones: bool = Field(True, description="Replace phone numbers by [PHONE] (PII).")
-    replace_credit_cards: bool = Field(True, description="Replace Luhn-valid card numbers by [CARD] (PII).")
-    replace_ibans: bool = Field(True, description="Replace checksum-valid IBANs by [IBAN] (PII).")
-    lowercase: bool = Field(False, description="Lower-case the text (hurts cased models).")
-    expand_contractions: bool = Field(False, description="Expand English contractions (don't -> do not).")
-    remove_stopwords: bool = Field(False, description="Remove English stop words, keeping negations.")
-    collapse_whitespace: bool = Field(True, description="Collapse spaces and tabs; keep line breaks.")
-    min_chars: int = Field(1, ge=1, description="Rows shorter than this (after cleaning) are quarantined.")
-    max_chars: int = Field(
-        20_000, ge=1, description="Rows longer than this (after cleaning) are quarantined."
-    )
-    max_tokens: int | None = Field(
-        None, ge=1, description="If set, rows with more model tokens than this are quarantined (too_long)."
-    )
-    drop_duplicates: bool = Field(True, description="Remove exact duplicates of the normalised text.")
-    near_duplicates: bool = Field(True, description="Remove near-duplicates (MinHash LSH) as well.")
-    near_duplicate_threshold: float = Field(
-        0.85,
-        ge=0.5,
-        le=1.0,
-        description="Estimated Jaccard similarity (character 5-grams) for near-duplicates.",
-    )
-    max_quarantine_fraction: float = Field(
-        0.2, ge=0.0, le=1.0, description="Fail the run when more than this fraction of rows is quarantined."
-    )
-    num_proc: int | None = Field(
-        None, ge=1, description="Processes for cleaning; default: all cores for large data, 1 for small."
-    )
-
-    @model_validator(mode="after")
-    def _lengths(self) -> CleaningConfig:
-        if self.min_chars > self.max_chars:
-            raise ValueError(
-                f"`cleaning.min_chars` ({self.min_chars}) exceeds `max_chars` ({self.max_chars})"
-            )
-        if self.near_duplicates and not self.drop_duplicates:
-            raise ValueError("`cleaning.near_duplicates` needs `cleaning.drop_duplicates: true`")
-        return self
-
-
-class SplitConfig(_Section):
-    """Stratified train/validation/test split, deterministic for a given seed."""
-
-    train: float = Field(0.70, gt=0.0, lt=1.0, description="Fraction of each class in the train split.")
-    validation: float = Field(
-        0.15, gt=0.0, lt=1.0, description="Fraction of each class in the validation split (early stopping)."
-    )
-    test: float = Field(
-        0.15, gt=0.0, lt=1.0, description="Fraction of each class in the test split (metrics and the gate)."
-    )
-    seed: int = Field(42, description="Seed of the hash that orders rows within each class.")
-
-    @model_validator(mode="after")
-    def _sums_to_one(self) -> SplitConfig:
-        total = self.train + self.validation + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must sum to 1.0, got {total:.4f}")
-        return self
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The pretrained model to start from."""
 
     base: str = Field(
@@ -181,7 +49,7 @@ class ModelConfig(_Section):
     )
 
 
-class LoraConfig(_Section):
+class LoraConfig(Section):
     """LoRA adapters (methods lora and qlora): trainable low-rank updates of the target modules."""
 
     r: int = Field(8, ge=1, description="LoRA rank.")
@@ -192,7 +60,7 @@ class LoraConfig(_Section):
     )
 
 
-class PromptLearningConfig(_Section):
+class PromptLearningConfig(Section):
     """prompt_tuning, p_tuning and prefix_tuning: trainable virtual tokens in front of the input."""
 
     num_virtual_tokens: int = Field(20, ge=1, le=512, description="Number of trainable virtual tokens.")
@@ -202,7 +70,7 @@ class PromptLearningConfig(_Section):
     encoder_hidden_size: int = Field(128, ge=1, description="p_tuning only: prompt encoder width.")
 
 
-class Ia3Config(_Section):
+class Ia3Config(Section):
     """IA3 (method ia3): learned vectors that rescale attention and feed-forward activations."""
 
     target_modules: list[str] | None = Field(
@@ -214,7 +82,7 @@ class Ia3Config(_Section):
     )
 
 
-class QuantizationConfig(_Section):
+class QuantizationConfig(Section):
     """qlora: the base model is loaded in 4 bits (bitsandbytes, CUDA only) and LoRA trains on top."""
 
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: NormalFloat4 or FP4.")
@@ -227,7 +95,7 @@ METHODS = ("full", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning"
 PEFT_PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
 
 
-class MethodConfig(_Section):
+class MethodConfig(Section):
     """How the model is adapted: full fine-tuning or a PEFT method, with each method's settings."""
 
     name: Literal["full", "lora", "qlora", "prompt_tuning", "p_tuning", "prefix_tuning", "ia3"] = Field(
@@ -239,7 +107,7 @@ class MethodConfig(_Section):
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     """Optimisation, checkpoints and early stopping (a Hugging Face Trainer run)."""
 
     epochs: float = Field(3.0, gt=0.0, description="Training epochs (may be fractional).")
@@ -286,7 +154,7 @@ class TrainingConfig(_Section):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process.")
 
 
-class DistributedConfig(_Section):
+class DistributedConfig(Section):
     """How the training job is launched: always its own process group, never inside the orchestrator."""
 
     num_processes: int = Field(
@@ -305,7 +173,7 @@ class DistributedConfig(_Section):
     )
 
 
-class SftConfig(_Section):
+class SftConfig(Section):
     """Instruction tuning (task: sft)."""
 
     packing: bool = Field(False, description="Pack several examples into each sequence (no padding).")
@@ -318,7 +186,7 @@ SFT_METRICS = ("rouge_l", "exact_match")
 REDACTED = "***"  # what a URI shows instead of its password: `user:***@host`
 
 
-class GateConfig(_Section):
+class GateConfig(Section):
     """The champion gate: when a newly trained model (the challenger) replaces the champion."""
 
     primary_metric: (
@@ -339,7 +207,7 @@ class GateConfig(_Section):
         return self.primary_metric or ("rouge_l" if task == "sft" else "macro_f1")
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """Test-set evaluation and the gate that decides whether a new model becomes champion."""
 
     gate: GateConfig = Field(default_factory=GateConfig)
@@ -366,7 +234,7 @@ def credentials_to_environment(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
-class MlflowConfig(_Section):
+class MlflowConfig(Section):
     """Where runs are tracked, and the name under which models are registered."""
 
     tracking_uri: str | None = Field(
@@ -388,7 +256,7 @@ class MlflowConfig(_Section):
         return v
 
 
-class DriftConfig(_Section):
+class DriftConfig(Section):
     """Drift between a new data drop and the history it joins (continuous learning)."""
 
     psi_threshold: float = Field(
@@ -422,7 +290,7 @@ class DriftConfig(_Section):
     seed: int = Field(0, description="Seed of the two-sample test's sampling and folds.")
 
 
-class ContinuousConfig(_Section):
+class ContinuousConfig(Section):
     """Continuous learning: retrain from files dropped into a folder or bucket."""
 
     drop_zone: str | None = Field(
@@ -453,7 +321,7 @@ class ContinuousConfig(_Section):
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
-class Recipe(_Section):
+class Recipe(Section):
     """A complete fine-tuning recipe."""
 
     name: str = Field(..., min_length=1, description="Short name of the job, used in run names.")
@@ -495,6 +363,8 @@ class Recipe(_Section):
             raise ValueError("`training.early_stopping_metric` must be 'loss' for task sft")
         if self.task == "classification" and self.sft.packing:
             raise ValueError("`sft.packing` only applies to task sft")
+        if self.task != "sft" and self.data.conversation is not None:
+            raise ValueError("`data.conversation` (conversation data) needs `task: sft`")
         if self.continuous is not None and self.task != "classification":
             raise ValueError("`continuous` (learning from data drops) supports task classification only")
         if self.distributed.hostfile and ds == "none":
