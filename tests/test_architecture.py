@@ -27,7 +27,7 @@ ALLOWED = {
     "ops": set(),
     "demo": set(),
     "data": {"config", "layout", "models", "ops", "plotting"},
-    "training": {"config", "layout", "models", "ops", "tracking"},
+    "training": {"config", "layout", "models", "ops", "tracking", "data"},
     "serving": {"config", "layout", "data", "tracking", "training"},
     "evaluation": {"config", "layout", "models", "plotting", "serving", "training"},
     "registry": {"config", "evaluation", "layout", "serving", "tracking", "training"},

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tunery.data import conversations
+from tunery.data import conversations, templates
 from tunery.training import chat
 from tunery.training.chat import IGNORE_INDEX, TemplateMismatch
 
@@ -90,7 +90,7 @@ PLAIN = conversations.read(
 def golden(tokenizer, conversation, train_on="all") -> dict:
     """Check the contract for every assistant turn; return, per turn, (learned, answer text)."""
     encoded = chat.encode(tokenizer, conversation, train_on=train_on)
-    messages, tools = chat.prepared(tokenizer, conversation)
+    messages, tools = templates.prepared(tokenizer, conversation)
     ends = chat.end_of_turn_ids(tokenizer)
     examples = encoded["examples"]
     for example in examples:
@@ -186,26 +186,26 @@ def test_text_tools_for_templates_without_them_round_trip():
         },
         "openai",
     )
-    written = chat.as_text_tools(conversation)
+    written = templates.as_text_tools(conversation)
     assert (
         written["messages"][0]["role"] == "system"
         and '"name": "weather"' in written["messages"][0]["content"]
     )
-    content, calls = chat.parse_tool_calls(written["messages"][2]["content"])
+    content, calls = templates.parse_tool_calls(written["messages"][2]["content"])
     assert content == "Let me check."
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
         ("weather", {"city": "Paris"})
     ]
-    broken, none = chat.parse_tool_calls("<tool_call>\nnot json\n</tool_call> ok")
+    broken, none = templates.parse_tool_calls("<tool_call>\nnot json\n</tool_call> ok")
     assert none == [] and "not json" in broken, "an unparsable block stays in the content"
 
 
 def test_tool_style_tells_native_templates_from_the_others(smollm2_tokenizer):
-    assert chat.tool_style(smollm2_tokenizer) == chat.TEXT
+    assert templates.tool_style(smollm2_tokenizer) == templates.TEXT
     tok = copy.deepcopy(smollm2_tokenizer)
     tok.add_special_tokens({"additional_special_tokens": LLAMA3_TOKENS})
     tok.chat_template = LLAMA3
-    assert chat.tool_style(tok) == chat.NATIVE
+    assert templates.tool_style(tok) == templates.NATIVE
 
 
 def test_templates_that_cannot_keep_the_contract_are_refused(smollm2_tokenizer):
@@ -239,11 +239,11 @@ def test_long_conversations_drop_their_oldest_exchanges_keeping_the_system_messa
     system = {"role": "system", "content": "You are a help-desk agent."}
     long = {**PLAIN, "messages": [system, *PLAIN["messages"]]}
     full = chat.length(smollm2_tokenizer, long)
-    fitted, dropped = chat.fit(smollm2_tokenizer, long, max_length=full - 1)
+    fitted, dropped = templates.fit(smollm2_tokenizer, long, max_length=full - 1)
     assert dropped == 2 and fitted["messages"][0] == system
     assert fitted["messages"][1:] == PLAIN["messages"][2:]
-    assert chat.fit(smollm2_tokenizer, long, max_length=full) == (long, 0)
+    assert templates.fit(smollm2_tokenizer, long, max_length=full) == (long, 0)
     with pytest.raises(ValueError, match="too_long"):
-        chat.fit(smollm2_tokenizer, long, max_length=full - 1, policy="quarantine")
+        templates.fit(smollm2_tokenizer, long, max_length=full - 1, policy="quarantine")
     with pytest.raises(ValueError, match="too_long"):
-        chat.fit(smollm2_tokenizer, long, max_length=10)
+        templates.fit(smollm2_tokenizer, long, max_length=10)

@@ -9,5 +9,6 @@
 - ``sft``: chat-template encoding, packing and generation for decoders.
 - ``chat``: multi-turn conversations on the model's chat template (labels per assistant turn, text tools).
 
-May import: ``tunery.config``, ``tunery.layout``, ``tunery.models``, ``tunery.tracking``, ``tunery.ops``.
+May import: ``tunery.config``, ``tunery.layout``, ``tunery.models``, ``tunery.tracking``, ``tunery.ops``,
+``tunery.data`` (conversations and what a chat template is handed).
 """
