@@ -29,7 +29,7 @@ ALLOWED = {
     "data": {"config", "layout", "models", "ops", "plotting"},
     "training": {"config", "layout", "models", "ops", "tracking", "data"},
     "serving": {"config", "layout", "data", "tracking", "training"},
-    "evaluation": {"config", "layout", "models", "plotting", "serving", "training"},
+    "evaluation": {"config", "layout", "models", "plotting", "serving", "training", "data"},
     "registry": {"config", "evaluation", "layout", "serving", "tracking", "training"},
     "continual": {"config", "layout", "models", "data", "registry", "plotting", "ops"},
     "pipeline": {"config", "layout", "data", "training", "evaluation", "registry", "tracking"},

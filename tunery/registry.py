@@ -148,16 +148,28 @@ def load_predictor(recipe: Recipe, version: str) -> Callable[[pd.DataFrame], lis
         f"models:/{recipe.mlflow.registered_model}/{version}",
         dst_path=tempfile.mkdtemp(prefix="tunery-champion-"),
     )
+    if recipe.data.conversation is not None:  # rows: messages and tools of conversation turns
+        return lambda rows: model.predict(_as_json(rows[["messages", "tools"]]))["raw"].tolist()
     if recipe.task == "sft":
         return lambda rows: model.predict(rows[["instruction", "input"]])["answer"].tolist()
     return lambda rows: model.predict(pd.DataFrame({"text": rows["text"]}))
 
 
+def _as_json(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.map(lambda v: json.dumps(v, ensure_ascii=False))
+
+
 def _pyfunc(recipe: Recipe, layout: RunLayout):
     """The pyfunc to log for the task, with an input example and its output (for the signature)."""
-    from tunery.serving.pyfunc import InstructionModel, TextClassifierModel, predictions_frame
+    from tunery.serving.pyfunc import ChatModel, InstructionModel, TextClassifierModel, predictions_frame
 
     test = pd.read_parquet(layout.split("test"))
+    if recipe.data.conversation is not None:
+        first = json.loads(test["conversation"].iloc[0])
+        turn = next(i for i, m in enumerate(first["messages"]) if m["role"] == "assistant")
+        example = _as_json(pd.DataFrame({"messages": [first["messages"][:turn]], "tools": [first["tools"]]}))
+        output = pd.DataFrame({"content": ["an answer"], "tool_calls": ["[]"], "raw": ["an answer"]})
+        return ChatModel(), example, output
     if recipe.task == "sft":
         example = test[["instruction", "input"]].head(1).reset_index(drop=True)
         return InstructionModel(), example, pd.DataFrame({"answer": ["an answer"]})
@@ -172,12 +184,21 @@ def pyfunc_signature(recipe: Recipe, layout: RunLayout):
     classification: ``text`` (string) in; ``label`` (string, null for a row with an ``error``),
     ``prob_<label>`` (double) per class and ``error`` ('' or a quarantine reason code) out.
     sft: ``instruction`` and optional ``input`` (strings) in, ``answer`` out; param ``max_new_tokens``.
+    conversations: ``messages`` and optional ``tools`` (JSON text) in; ``content``, ``tool_calls`` (JSON
+    text) and ``raw`` out; param ``max_new_tokens``.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     from tunery.layout import MODEL_META
 
+    budget = ParamSchema([ParamSpec("max_new_tokens", "long", recipe.sft.generation_max_new_tokens)])
+    if recipe.data.conversation is not None:
+        return ModelSignature(
+            inputs=Schema([ColSpec("string", "messages"), ColSpec("string", "tools", required=False)]),
+            outputs=Schema([ColSpec("string", n) for n in ("content", "tool_calls", "raw")]),
+            params=budget,
+        )
     if recipe.task == "sft":
         return ModelSignature(
             inputs=Schema([ColSpec("string", "instruction"), ColSpec("string", "input", required=False)]),

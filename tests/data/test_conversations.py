@@ -49,7 +49,6 @@ def test_openai_tool_conversation_is_read_with_parsed_arguments_and_named_result
     ("messages", "expected"),
     [
         ([{"role": "narrator", "content": "x"}, A], "unknown_role"),
-        ([U, U, A], "consecutive_user"),
         ([U, A, U], "not_ending_on_assistant"),
         ([U, {"role": "assistant", "content": "   "}], "empty_assistant"),
         ([U, {"role": "tool", "tool_call_id": "zz", "content": "{}"}, A], "orphan_tool_result"),
@@ -109,12 +108,12 @@ def test_every_reason_has_an_explanation():
     assert all(text and text[0].islower() for text in conv.REASONS.values())
 
 
-def test_consecutive_user_turns_pass_where_the_template_allows_them():
-    read = conv.read(openai(U, A), "openai")
-    doubled = {**read, "messages": [U, U, A]}
+def test_consecutive_user_turns_are_read_and_refused_where_the_template_forbids_them():
+    doubled = conv.read(openai(U, U, A), "openai")  # structure is fine: the template decides (clean)
     conv.check(doubled, consecutive_user=True)
-    with pytest.raises(ConversationError):
+    with pytest.raises(ConversationError) as caught:
         conv.check(doubled)
+    assert caught.value.reason == "consecutive_user"
 
 
 def test_weight_zero_turns_are_kept_as_context():

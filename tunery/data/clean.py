@@ -11,6 +11,7 @@ inputs); the row accounting and deduplication then work on the cleaned table.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import unicodedata
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunery.config import CleaningConfig
-from tunery.data import pii, wording
+from tunery.data import conversations, pii, templates, wording
 from tunery.data import text as tx
 from tunery.data.ingest import DROPPED_TURNS
 from tunery.data.near_dup import near_duplicate_clusters
@@ -49,11 +50,14 @@ QUARANTINE_REASONS = {
     "too_short": "text shorter than cleaning.min_chars",
     "too_long": "text longer than cleaning.max_chars (or cleaning.max_tokens)",
     "conflicting_duplicate": "same text as a kept row but with a different label",
+    **{f"{k}": f"conversation: {v}" for k, v in conversations.REASONS.items()},
 }
+QUARANTINE_REASONS["too_long"] += "; a conversation over model.max_length that could not be shortened"
 
 
 # The reasons ingest decides (its ``error`` column holds "reason: detail"); any other error is malformed_row.
-INGEST_REASONS = ("not_text", "undecodable")
+INGEST_REASONS = ("not_text", "undecodable", *conversations.REASONS)
+TRUNCATED_TURNS = "truncated_turns"  # conversations: turns dropped (oldest first) to fit model.max_length
 # C0 controls except tab and the line breaks (\n, \r, \v, \f, \x1c-\x1f count as whitespace), and DEL.
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
 # Whitespace inside a line (every str.isspace character but the line breaks of str.splitlines).
@@ -125,11 +129,15 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _clean_batch(batch: dict, cfg_json: str, tokenizer_path: str | None) -> dict:
+def _clean_batch(
+    batch: dict, cfg_json: str, tokenizer_path: str | None, conversation: dict | None = None
+) -> dict:
     """datasets.map function: clean every text field of a batch (malformed rows are left as read)."""
     cfg = _config(cfg_json)
     ok = [not e for e in batch["error"]]
     out: dict[str, list] = {}
+    if "conversation" in batch:
+        return _clean_conversations(batch, ok, cfg, tokenizer_path, conversation or {})
     if "instruction" in batch:
         for name in INSTRUCTION_FIELDS:
             out[name] = [clean_text(v, cfg) if good else v for v, good in zip(batch[name], ok, strict=True)]
@@ -147,6 +155,50 @@ def _clean_batch(batch: dict, cfg_json: str, tokenizer_path: str | None) -> dict
     return out
 
 
+def _clean_conversations(
+    batch: dict, ok: list[bool], cfg, tokenizer_path: str | None, settings: dict
+) -> dict:
+    """Clean every turn's content (PII too; tool-call names and arguments are not text), check the
+    conversation against the model's template and fit it to ``settings["max_length"]``.
+
+    A conversation that fails gets ``conversation_error`` ("reason: detail"); ``truncated_turns`` counts
+    the turns dropped to fit."""
+    tokenizer = _tokenizer(tokenizer_path) if tokenizer_path else None
+    style = templates.tool_style(tokenizer) if tokenizer is not None else None
+    consecutive = settings.get("consecutive_user")
+    if consecutive is None:
+        consecutive = templates.allows_consecutive_user(tokenizer) if tokenizer is not None else False
+    out: dict[str, list] = {k: [] for k in ("text", "prompt", "conversation", "conversation_error")}
+    out[TRUNCATED_TURNS] = []
+    for raw, text, prompt, good in zip(
+        batch["conversation"], batch["text"], batch["prompt"], ok, strict=True
+    ):
+        error, dropped = "", 0
+        if good:
+            conversation = json.loads(raw)
+            for message in conversation["messages"]:
+                if message.get("content"):
+                    message["content"] = clean_text(message["content"], cfg)
+            try:
+                conversations.check(conversation, consecutive_user=consecutive)
+                if tokenizer is not None and settings.get("max_length"):
+                    conversation, dropped = templates.fit(
+                        tokenizer, conversation, settings["max_length"], settings.get("too_long") or "", style
+                    )
+            except conversations.ConversationError as exc:
+                error = f"{exc.reason}: {exc.detail}"
+            except ValueError as exc:
+                if str(exc) != "too_long":
+                    raise
+                length = templates.rendered_length(tokenizer, conversation, style)
+                error = f"too_long: {length} tokens > model.max_length {settings['max_length']}"
+            raw = json.dumps(conversation, ensure_ascii=False)
+            text, prompt = conversations.key(conversation), conversations.first_user_turn(conversation)
+        for name, value in zip(out, (text, prompt, raw, error, dropped), strict=True):
+            out[name].append(value)
+    return out
+
+
 def process_count(rows: pd.DataFrame, cfg: CleaningConfig) -> int:
     """Processes used to clean ``rows``: the recipe's ``num_proc``, else all cores for heavy inputs only."""
     heavy = len(rows) >= PARALLEL_MIN_ROWS and int(rows["text"].str.len().sum()) >= PARALLEL_MIN_CHARS
@@ -154,7 +206,11 @@ def process_count(rows: pd.DataFrame, cfg: CleaningConfig) -> int:
 
 
 def clean_texts(
-    rows: pd.DataFrame, cfg: CleaningConfig, cache_dir: Path | None = None, tokenizer_path: str | None = None
+    rows: pd.DataFrame,
+    cfg: CleaningConfig,
+    cache_dir: Path | None = None,
+    tokenizer_path: str | None = None,
+    conversation: dict | None = None,
 ) -> pd.DataFrame:
     """Clean the text columns of ingested rows with ``datasets.map`` (batched, multi-process if large).
 
@@ -172,7 +228,11 @@ def clean_texts(
         batched=True,
         batch_size=500,
         num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"cfg_json": cfg.model_dump_json(), "tokenizer_path": tokenizer_path},
+        fn_kwargs={
+            "cfg_json": cfg.model_dump_json(),
+            "tokenizer_path": tokenizer_path,
+            "conversation": conversation,
+        },
         cache_file_name=str(cache_dir / "cleaned.arrow") if cache_dir else None,
         load_from_cache_file=False,
     ).to_pandas()
@@ -195,15 +255,18 @@ def _reason(row: dict, cfg: CleaningConfig, labels: set[str] | None, labelled: b
     if row["error"]:
         code, _, detail = row["error"].partition(": ")
         return (code, detail) if code in INGEST_REASONS else ("malformed_row", row["error"])
+    if row.get("conversation_error"):  # conversations: the template's check, or too long to fit
+        code, _, detail = row["conversation_error"].partition(": ")
+        return code, detail
     if labelled and not row["label"]:
         return "missing_label", ""
     if labelled and labels is not None and row["label"] not in labels:
         return "unknown_label", f"label {row['label']!r}"
-    if not labelled and (not row["instruction"] or not row["output"]):
+    if "instruction" in row and (not row["instruction"] or not row["output"]):
         return "missing_answer", "empty instruction" if not row["instruction"] else "empty answer"
     if not text:
         return "empty_text", ""
-    fields = [text, row["label"]] if labelled else [row[n] for n in INSTRUCTION_FIELDS]
+    fields = [row[n] for n in INSTRUCTION_FIELDS] if "instruction" in row else [text, row["label"]]
     if found := sorted({c for f in fields for c in _CONTROL.findall(f)}):
         return "control_characters", ", ".join(f"U+{ord(c):04X}" for c in found)
     if len(text) < cfg.min_chars:
@@ -221,6 +284,7 @@ def clean(
     labels: list[str] | None = None,
     cache_dir: Path | None = None,
     tokenizer_path: str | None = None,
+    conversation: dict | None = None,
 ) -> CleanResult:
     """Clean ingested rows (columns text, label, source, row, error; instruction data also has
     instruction, input, output).
@@ -230,7 +294,10 @@ def clean(
         cfg: the recipe's cleaning section.
         labels: the explicit label set, if the recipe has one.
         cache_dir: where ``datasets`` may write its Arrow cache (default: in memory).
-        tokenizer_path: a tokenizer for ``cfg.max_tokens`` (required when it is set).
+        tokenizer_path: a tokenizer for ``cfg.max_tokens`` (required when it is set), and the chat template
+            conversations are checked and fitted with.
+        conversation: conversation rows: ``max_length``, ``too_long`` (policy) and ``consecutive_user``
+            (None: as the template allows).
 
     Returns:
         Kept rows (text cleaned, ``raw_text`` kept for reference) and every other row with ``reason``
@@ -241,8 +308,10 @@ def clean(
     """
     if cfg.max_tokens is not None and not tokenizer_path:
         raise ValueError("cleaning.max_tokens needs a tokenizer (the recipe's model)")
-    frame = clean_texts(rows, cfg, cache_dir, tokenizer_path if cfg.max_tokens else None)
-    labelled = "instruction" not in frame.columns
+    conversational = "conversation" in rows.columns
+    needs_tokenizer = cfg.max_tokens or conversational
+    frame = clean_texts(rows, cfg, cache_dir, tokenizer_path if needs_tokenizer else None, conversation)
+    labelled = "instruction" not in frame.columns and not conversational
     label_set = set(labels) if labels else None
     decided = [_reason(r, cfg, label_set, labelled) for r in frame.to_dict("records")]
     frame["reason"] = [r for r, _ in decided]
@@ -261,7 +330,11 @@ def clean(
             "kept": int(with_history[kept.index].sum()),
             "turns": int(frame.loc[with_history, DROPPED_TURNS].sum()),
         }
-    drop = ["error", "reason", "detail", "duplicate_of", "n_tokens", DROPPED_TURNS]
+    if TRUNCATED_TURNS in frame.columns:
+        truncated = frame.loc[kept.index, TRUNCATED_TURNS]
+        stats["conversations_truncated"] = {"rows": int((truncated > 0).sum()), "turns": int(truncated.sum())}
+    drop = ["error", "reason", "detail", "duplicate_of", "n_tokens", DROPPED_TURNS, "conversation_error"]
+    drop.append(TRUNCATED_TURNS)
     kept = kept.drop(columns=[c for c in drop if c in kept.columns]).reset_index(drop=True)
     result = CleanResult(kept=kept, quarantined=_not_kept_table(quarantined, removed), stats=stats)
     if len(rows) and len(quarantined) / len(rows) > cfg.max_quarantine_fraction:

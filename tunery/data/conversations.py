@@ -84,14 +84,16 @@ class Mapping:
     history: str = "history"
 
 
-def detect_format(columns: Iterable[str], mapping: Mapping | None = None) -> str:
-    """The format of a table with these columns (the first match of openai, sharegpt, alpaca)."""
+def detect_format(columns: Iterable[str], mapping: Mapping | None = None, sample: Any = None) -> str:
+    """The format of a table with these columns (the first match of openai, sharegpt, alpaca); ``sample``,
+    a first value of the turns column, tells LIMA's plain strings from ShareGPT's turn objects."""
     mapping = mapping or Mapping()
     names = set(columns)
     if (mapping.messages or "messages") in names:
         return "openai"
     if (mapping.messages or "conversations") in names:
-        return "sharegpt"
+        turns = plain(sample)
+        return "lima" if isinstance(turns, list) and turns and isinstance(turns[0], str) else "sharegpt"
     if mapping.instruction in names and mapping.output in names:
         return "alpaca"
     raise ValueError(
@@ -101,13 +103,29 @@ def detect_format(columns: Iterable[str], mapping: Mapping | None = None) -> str
 
 
 def read(record: MappingABC[str, Any] | list, fmt: str, mapping: Mapping | None = None) -> dict:
-    """The canonical conversation of one record of format ``fmt``, checked by :func:`check`."""
+    """The canonical conversation of one record of format ``fmt``, checked by :func:`check` (two user turns
+    in a row pass here: whether the model's template allows them is the clean stage's decision)."""
     mapping = mapping or Mapping()
     readers = {"openai": _openai, "sharegpt": _sharegpt, "lima": _lima, "alpaca": _alpaca}
     if fmt not in readers:
         raise ValueError(f"unknown conversation format {fmt!r}; one of {FORMATS}")
     conversation = readers[fmt](record, mapping)
-    check(conversation)
+    check(conversation, consecutive_user=True)
+    return conversation
+
+
+def prompt(messages: list, tools: list | None = None) -> dict:
+    """OpenAI chat messages that ask for the next assistant turn (serving), as ``{"messages", "tools"}`` in
+    the canonical shape; roles, tool calls and arguments are checked as in :func:`read`.
+
+    Raises:
+        ConversationError: not a list of messages, an unknown role, arguments that are not JSON.
+    """
+    conversation = _openai({"messages": messages, "tools": tools}, Mapping())
+    if conversation["messages"][-1]["role"] == "assistant":
+        raise ConversationError(
+            "not_a_conversation", "the messages end on an assistant turn: nothing to answer"
+        )
     return conversation
 
 
@@ -369,3 +387,67 @@ def _alpaca(record: MappingABC[str, Any], mapping: Mapping) -> dict:
     out.append({"role": "user", "content": prompt})
     out.append({"role": "assistant", "content": _text(record.get(mapping.output), "the output")})
     return {"messages": out, "tools": []}
+
+
+# -- tables --------------------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """A cell as plain Python: Parquet's numpy arrays become lists (recursively), NaN and NA become None."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def mapping_of(conversation_cfg, data_cfg) -> Mapping:
+    """The :class:`Mapping` of a recipe's ``data.conversation`` section (and its alpaca columns)."""
+    return Mapping(
+        messages=conversation_cfg.messages_column,
+        tools=conversation_cfg.tools_column,
+        system=conversation_cfg.system_column,
+        role_key=conversation_cfg.role_key,
+        content_key=conversation_cfg.content_key,
+        roles=dict(conversation_cfg.roles),
+        instruction=data_cfg.instruction_column,
+        input=data_cfg.input_column,
+        output=data_cfg.answer_columns[0],
+    )
+
+
+def table(records: list[dict], columns: Iterable[str], data_cfg) -> dict[str, list]:
+    """One file's records as ingested columns: ``text`` (the dedup :func:`key`, or the raw record as JSON
+    when it is refused), ``prompt`` (the first user turn), ``conversation`` (canonical, JSON) and
+    ``error`` (``"reason: detail"``, '' when read)."""
+    conf = data_cfg.conversation
+    mapping = mapping_of(conf, data_cfg)
+    columns = list(columns)
+    if conf.format != "auto":
+        fmt = conf.format
+    else:
+        turns = next((r.get(mapping.messages or "conversations") for r in records), None)
+        fmt = detect_format(columns, mapping, turns)
+    if fmt == "alpaca":  # the first answer column present, as for instruction data
+        output = next((c for c in data_cfg.answer_columns if c in columns), mapping.output)
+        mapping = Mapping(**{**mapping.__dict__, "output": output})
+    out: dict[str, list] = {"text": [], "prompt": [], "conversation": [], "error": []}
+    for record in records:
+        record = {k: plain(v) for k, v in record.items() if not str(k).startswith("_")}
+        try:
+            conversation = read(record, fmt, mapping)
+        except ConversationError as exc:
+            out["text"].append(json.dumps(record, ensure_ascii=False, default=str)[:20_000])
+            out["prompt"].append("")
+            out["conversation"].append("")
+            out["error"].append(f"{exc.reason}: {exc.detail}")
+            continue
+        out["text"].append(key(conversation))
+        out["prompt"].append(first_user_turn(conversation))
+        out["conversation"].append(json.dumps(conversation, ensure_ascii=False))
+        out["error"].append("")
+    return out

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tunery.config import DataConfig
+from tunery.data import conversations
 from tunery.data import text as tx
 
 SUFFIX_FORMATS = {
@@ -469,6 +470,8 @@ def map_columns(
     Raises:
         DataError: a configured column is missing from the file, or appears in it more than once.
     """
+    if kind == "conversation":
+        return _conversation_rows(frame, bad, path, cfg)
     if kind == "instruction":
         used = {cfg.instruction_column, cfg.input_column, *cfg.answer_columns}
     else:
@@ -505,12 +508,26 @@ def map_columns(
     return out
 
 
+def _conversation_rows(frame: pd.DataFrame, bad: list[dict], path: str, cfg: DataConfig) -> pd.DataFrame:
+    """Conversation records (tunery.data.conversations.table) with their location; malformed lines kept."""
+    mapped = conversations.table(frame.to_dict("records"), frame.columns, cfg)
+    rows = range(1, len(frame) + 1)
+    out = pd.DataFrame(
+        {**mapped, "label": "", "source": path, "row": frame["_line"] if "_line" in frame.columns else rows}
+    )
+    malformed = pd.DataFrame(
+        {"text": [b["raw"] for b in bad], "source": path, "row": [b.get("line", 0) for b in bad]}
+    ).assign(label="", prompt="", conversation="", error=[b["why"] for b in bad])
+    return pd.concat([out, malformed], ignore_index=True) if bad else out
+
+
 def ingest(cfg: DataConfig, kind: str = "labelled_text") -> pd.DataFrame:
     """Read every file of the source and map its columns.
 
     Args:
         cfg: the recipe's data section.
-        kind: ``labelled_text`` for classification, ``instruction`` for instruction tuning.
+        kind: ``labelled_text`` for classification, ``instruction`` for instruction tuning,
+            ``conversation`` for conversation data (columns text, prompt, conversation).
 
     Returns:
         A frame with columns text, label, source, row, error (error is non-empty for malformed records),
@@ -537,7 +554,7 @@ def ingest(cfg: DataConfig, kind: str = "labelled_text") -> pd.DataFrame:
     result["row"] = result["row"].astype("int64")
     if DROPPED_TURNS in result.columns:
         result[DROPPED_TURNS] = result[DROPPED_TURNS].fillna(0).astype("int64")
-    if kind != "instruction" and not cfg.labels:
+    if kind == "labelled_text" and not cfg.labels:
         _check_label_kinds(result, cfg)
     return result
 

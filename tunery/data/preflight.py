@@ -25,17 +25,31 @@ SHOWN_VALUES = 5
 
 
 def check_model(recipe: Recipe) -> None:
-    """The base model can be loaded and takes ``model.max_length`` tokens.
+    """The base model can be loaded and takes ``model.max_length`` tokens; for conversations, its chat
+    template ends assistant turns with an end-of-turn token (``tunery.data.templates.check_template``).
 
     Raises:
         tunery.models.ModelError: what is wrong, naming ``model.base`` or ``model.max_length``.
     """
     check_base_model(recipe.model.base, recipe.model.max_length)
+    if recipe.data.conversation is not None:
+        from transformers import AutoTokenizer
+
+        from tunery.data.templates import check_template
+        from tunery.models import ModelError, resolve_model
+
+        try:
+            check_template(AutoTokenizer.from_pretrained(resolve_model(recipe.model.base)))
+        except ValueError as exc:
+            raise ModelError(f"model.base {recipe.model.base}: {exc}") from None
 
 
 def _dropped_values(mapped: pd.DataFrame, recipe: Recipe) -> pd.Series:
     """For each mapped record the clean stage would quarantine for its label or answer: its label value
-    ('' when empty; sft: ''); None for a record it would keep on that count."""
+    ('' when empty; sft: ''; conversations: the reason it is refused); None for a record it would keep on
+    that count."""
+    if recipe.data.conversation is not None:
+        return mapped["error"].map(lambda e: e.partition(":")[0] if e else None)
     if recipe.task == "sft":
         empty = (mapped["instruction"] == "") | (mapped["output"] == "")
         return empty.map({True: "", False: None})
@@ -50,6 +64,9 @@ def _label_problem(dropped: pd.Series, recipe: Recipe, checked: int) -> str | No
     if checked == 0 or len(dropped) / checked <= limit:
         return None
     share = f"{len(dropped)} of the first {checked} records"
+    if recipe.data.conversation is not None:
+        reasons = ", ".join(f"{r} ({n})" for r, n in dropped.value_counts().items())
+        return f"{share} are conversations the clean stage would quarantine, more than {limit}: {reasons}"
     if recipe.task == "sft":
         columns = f"{recipe.data.instruction_column} / {' or '.join(recipe.data.answer_columns)}"
         return f"{share} have an empty instruction or answer ({columns}), more than {limit}"

@@ -45,13 +45,18 @@ def assign(buckets: np.ndarray, cfg: SplitConfig) -> np.ndarray:
     )
 
 
-def cluster_buckets(texts: list[str], seed: int, near_dup_threshold: float | None) -> np.ndarray:
+def cluster_buckets(
+    texts: list[str], seed: int, near_dup_threshold: float | None, prompts: list[str] | None = None
+) -> np.ndarray:
     """Bucket of each row; a near-duplicate cluster uses the bucket of its smallest normalised text.
+
+    ``prompts`` (conversations: the first user turn) key the buckets instead of the texts, so that
+    conversations opening with the same request share a split.
 
     Keying a cluster on one member (chosen without looking at row order) keeps the bucket uniform, so big
     clusters are not pulled towards any split, and re-ordering the data cannot move a cluster.
     """
-    keys = pd.Series(normalise_many(texts), dtype=object)
+    keys = pd.Series(normalise_many(prompts if prompts is not None else texts), dtype=object)
     if near_dup_threshold is not None and len(texts) > 1:
         reps = near_duplicate_clusters(texts, threshold=near_dup_threshold)
         keys = keys.groupby(np.asarray(reps)).transform("min")
@@ -76,7 +81,8 @@ def split(
         LeakageError: a text (or near-duplicate) occurs in two splits.
     """
     texts = rows["text"].tolist()
-    names = assign(cluster_buckets(texts, cfg.seed, near_dup_threshold), cfg)
+    prompts = rows["prompt"].tolist() if "prompt" in rows.columns else None
+    names = assign(cluster_buckets(texts, cfg.seed, near_dup_threshold, prompts), cfg)
     parts = {name: rows[names == name].reset_index(drop=True) for name in SPLITS}
     warnings = [
         f"class {label!r} has no rows in {name} ({int((rows['label'] == label).sum())} rows in total)"
@@ -89,17 +95,22 @@ def split(
 
 
 def check_leakage(parts: dict[str, pd.DataFrame], near_dup_threshold: float | None = None) -> None:
-    """Fail when a normalised text, or a near-duplicate of it, occurs in two splits.
+    """Fail when a normalised text, or a near-duplicate of it, occurs in two splits (conversations: their
+    first user turns too).
 
     Raises:
         LeakageError: naming the splits and an example text.
     """
-    seen: dict[str, str] = {}
-    for name, frame in parts.items():
-        for text, key in zip(frame["text"], normalise_many(frame["text"].tolist()), strict=True):
-            other = seen.setdefault(key, name)
-            if other != name:
-                raise LeakageError(f"leakage: the same text is in {other} and {name}: {text[:80]!r}")
+    columns = {"text": "the same text", "prompt": "the same first user turn"}
+    for column, what in columns.items():
+        seen: dict[str, str] = {}
+        for name, frame in parts.items():
+            if column not in frame.columns:
+                continue
+            for text, key in zip(frame[column], normalise_many(frame[column].tolist()), strict=True):
+                other = seen.setdefault(key, name)
+                if other != name:
+                    raise LeakageError(f"leakage: {what} is in {other} and {name}: {text[:80]!r}")
     if near_dup_threshold is not None:
         _check_near_leakage(parts, near_dup_threshold)
 

@@ -16,7 +16,10 @@ from tunery.layout import SPLITS, RunLayout
 
 
 def data_kind(recipe: Recipe) -> str:
-    """Which columns the task reads: labelled text (classification) or instruction data (sft)."""
+    """Which columns the task reads: labelled text (classification), instruction data or conversations
+    (sft, with ``data.conversation``)."""
+    if recipe.data.conversation is not None:
+        return "conversation"
     return "instruction" if recipe.task == "sft" else "labelled_text"
 
 
@@ -42,12 +45,20 @@ def clean_stage(recipe: Recipe, layout: RunLayout, ingested: Path | None = None)
     ``ingested`` defaults to this run's file; it may be an earlier run's (a cached ingest)."""
     from tunery.models import resolve_model
 
-    tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens else None
+    conversational = recipe.data.conversation is not None  # checked and fitted on the model's template
+    tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens or conversational else None
+    settings = None
+    if conversational:
+        settings = {
+            "max_length": recipe.model.max_length,
+            "too_long": recipe.data.conversation.too_long,
+            "consecutive_user": recipe.data.conversation.allow_consecutive_user,
+        }
     cache = layout.data_dir / ".arrow"
     cache.mkdir(parents=True, exist_ok=True)
     rows = pd.read_parquet(ingested or layout.ingested)
     try:
-        result = clean(rows, recipe.cleaning, recipe.data.labels, cache, tokenizer)
+        result = clean(rows, recipe.cleaning, recipe.data.labels, cache, tokenizer, settings)
     except QuarantineLimitExceeded as exc:
         if exc.result is not None:  # the run fails, but which rows were bad must still be visible
             _write_clean_outputs(layout, exc.result, error=str(exc))

@@ -18,6 +18,8 @@ import re
 # tool_style: the template renders tools itself, or tunery writes them as text
 NATIVE, TEXT = "native", "text"
 
+# special tokens that end a turn in the common template families (ChatML, Llama 3, Gemma, Phi, Zephyr)
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 _PROBE_TOOL = "tunery_probe_tool_7f3a"
 TOOLS_HEADER = (
     "# Tools\n\nYou may call one or more functions to assist with the user query. The functions are listed "
@@ -49,6 +51,20 @@ def tool_style(tokenizer) -> str:
     listed = text.count(_PROBE_TOOL + "_def")  # the tool list shows the definition's name
     called = text.count(_PROBE_TOOL) - listed  # the call shows the bare name
     return NATIVE if listed and called else TEXT
+
+
+def allows_consecutive_user(tokenizer) -> bool:
+    """Whether the template renders two user turns in a row (some raise on them, as Llama 2's does)."""
+    probe = [
+        {"role": "user", "content": "tunery probe one"},
+        {"role": "user", "content": "tunery probe two"},
+        {"role": "assistant", "content": "tunery probe answer"},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # noqa: BLE001 - jinja's raise_exception, or any error the template raises
+        return False
+    return "tunery probe one" in text and "tunery probe two" in text
 
 
 def as_text_tools(conversation: dict) -> dict:
@@ -151,3 +167,32 @@ def fit(
             raise ValueError("too_long")
         dropped += users[1]
         body = body[users[1] :]
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Token ids that end an assistant turn: the eos token and the template's end-of-turn specials."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    specials = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    ids.update(specials[token] for token in END_OF_TURN_TOKENS if token in specials)
+    return ids
+
+
+def check_template(tokenizer) -> None:
+    """Refuse a tokenizer whose chat template cannot be trained on conversations: none at all, or one that
+    writes no end-of-turn token after an assistant answer (a model trained on it would never stop).
+
+    Raises:
+        ValueError: what is wrong, for ``tunery validate`` and the start of a run.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the model's tokenizer has no chat template: conversations cannot be rendered")
+    probe = [{"role": "user", "content": "tunery probe"}, {"role": "assistant", "content": "tunery answer"}]
+    prompt = tokenizer.apply_chat_template(
+        probe[:1], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    full = tokenizer.apply_chat_template(probe, tokenize=True, return_dict=False)
+    if not set(full[len(prompt) :]) & end_of_turn_ids(tokenizer):
+        raise ValueError(
+            "the chat template writes no end-of-turn token after an assistant answer (looked for the eos "
+            f"token and {', '.join(END_OF_TURN_TOKENS)}): a model trained on it would not stop"
+        )

@@ -10,5 +10,6 @@
 - ``report`` and ``artifacts``: the run's summaries for people (one line, markdown with the plots embedded).
 
 May import: ``tunery.config``, ``tunery.layout``, ``tunery.models``, ``tunery.plotting``, ``tunery.serving``
-(to score a model folder), ``tunery.training`` (sft encoding and generation, loading an export).
+(to score a model folder), ``tunery.training`` (sft encoding and generation, loading an export),
+``tunery.data`` (conversation turns as a template shows them, tool calls parsed back).
 """

@@ -232,6 +232,8 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
     tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     model = export.load_exported(layout.model_dir, "sft")
     base = methods.load_base_model(resolve_model(recipe.model.base), "sft", None, recipe).eval()
+    if "conversation" in test.columns:
+        return _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champion, step)
     generate = dict(
         system_prompt=recipe.sft.system_prompt, max_new_tokens=recipe.sft.generation_max_new_tokens
     )
@@ -266,6 +268,55 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
             for i, r, a, b in zip(sample["instruction"], references, answers, base_answers, strict=True)
         ][:8],
     }
+
+
+def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champion, step) -> dict:
+    """Per assistant turn of the test conversations: ROUGE-L and exact match of the replies, tool-call
+    accuracy where the reference calls tools, perplexity over every assistant turn."""
+    from tunery.data.templates import as_text_tools, parse_tool_calls
+    from tunery.evaluation.generation import conversation_turns, tool_call_metrics
+    from tunery.training.sft import generate_replies
+
+    turns = conversation_turns(test, recipe.evaluation.generation_samples)
+    budget = recipe.sft.generation_max_new_tokens
+    step(f"generating {len(turns)} assistant turns of the test conversations (tuned and untuned model)")
+    answers = generate_replies(model, tokenizer, turns, budget)
+    base_answers = generate_replies(base, tokenizer, turns, budget)
+    # a turn that calls tools is scored on its text form (what a template without tools is trained on)
+    references = [
+        as_text_tools({"messages": [t["turn"]], "tools": []})["messages"][0]["content"] for t in turns
+    ]
+    reference_turns = [t["turn"] for t in turns]
+
+    def scored(replies: list[str], perplexity_of) -> dict:
+        calls = [parse_tool_calls(reply)[1] for reply in replies]
+        tools = tool_call_metrics(reference_turns, calls)
+        return {**generation_metrics(references, replies), **(tools or {}), "perplexity": perplexity_of}
+
+    step(f"perplexity on {len(test)} test conversations (tuned and untuned model)")
+    tuned = scored(answers, perplexity(model, tokenizer, test, recipe))
+    zero_shot = scored(base_answers, perplexity(base, tokenizer, test, recipe))
+    last_user = [
+        next((m["content"] for m in reversed(t["messages"]) if m["role"] == "user"), "") for t in turns
+    ]
+    pd.DataFrame(
+        {"user": last_user, "reference": references, "answer": answers, "untuned_answer": base_answers}
+    ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
+    return {
+        "model": tuned,
+        "baselines": {"zero_shot": zero_shot},
+        "champion": None if champion is None else _champion_turns(references, champion, turns, step),
+        "samples": [
+            {"instruction": u, "reference": r, "answer": a, "untuned_answer": b}
+            for u, r, a, b in zip(last_user, references, answers, base_answers, strict=True)
+        ][:8],
+    }
+
+
+def _champion_turns(references: list[str], champion: Predictor, turns: list[dict], step: _Steps) -> dict:
+    step(f"generating the champion's replies to the same {len(turns)} turns")
+    frame = pd.DataFrame({"messages": [t["messages"] for t in turns], "tools": [t["tools"] for t in turns]})
+    return generation_metrics(references, champion(frame))
 
 
 def _champion_generations(

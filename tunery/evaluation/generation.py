@@ -77,3 +77,50 @@ def perplexity(model, tokenizer, frame: pd.DataFrame, recipe: Recipe) -> float:
             total_loss += float(loss)
             total_tokens += int((target != -100).sum())
     return math.exp(total_loss / max(total_tokens, 1))
+
+
+def conversation_turns(test: pd.DataFrame, limit: int) -> list[dict]:
+    """Up to ``limit`` assistant turns of the test conversations to generate (weight-0 turns are context):
+    each with its ``messages`` before the turn, ``tools`` and the reference ``turn``."""
+    import json
+
+    turns: list[dict] = []
+    for raw in test["conversation"]:
+        conversation = json.loads(raw)
+        for i, message in enumerate(conversation["messages"]):
+            if message["role"] == "assistant" and message.get("weight", 1) == 1:
+                turns.append(
+                    {
+                        "messages": conversation["messages"][:i],
+                        "tools": conversation["tools"],
+                        "turn": message,
+                    }
+                )
+                if len(turns) == limit:
+                    return turns
+    return turns
+
+
+def tool_call_metrics(references: list[dict], calls: list[list[dict]]) -> dict | None:
+    """Over reference turns that call tools: the right function names (in order), and arguments that
+    parse and equal the reference's. None when no reference turn calls a tool."""
+    import json
+
+    pairs = [(r["tool_calls"], c) for r, c in zip(references, calls, strict=True) if r.get("tool_calls")]
+    if not pairs:
+        return None
+    names = arguments = 0
+    for wanted, got in pairs:
+        if [w["function"]["name"] for w in wanted] != [g["function"]["name"] for g in got]:
+            continue
+        names += 1
+        try:
+            parsed = [json.loads(g["function"]["arguments"]) for g in got]
+        except (TypeError, json.JSONDecodeError):
+            continue
+        arguments += parsed == [w["function"]["arguments"] for w in wanted]
+    return {
+        "tool_name_accuracy": names / len(pairs),
+        "tool_call_accuracy": arguments / len(pairs),
+        "n": len(pairs),
+    }

@@ -6,6 +6,9 @@
   empty or nothing-left-after-cleaning text, ``too_short``), with label and probabilities null.
 - sft: instructions in (a DataFrame with ``instruction`` and optional ``input`` columns, or a list of
   instruction strings); out: the generated ``answer``.
+- sft on conversations: ``messages`` (OpenAI chat messages, a list or its JSON text) and optional ``tools``
+  in; out: the assistant message, ``content`` and ``tool_calls`` (JSON text of OpenAI tool calls, ``[]``
+  when none), and ``raw`` (the generated text as the model wrote it).
 
 The serving environment needs ``tunery`` installed (the serving image and ``tunery serve`` have it).
 """
@@ -117,3 +120,44 @@ class InstructionModel(mlflow.pyfunc.PythonModel):
             ),
         )
         return pd.DataFrame({"answer": answers})
+
+
+def _json_cell(value, default):
+    import json
+
+    from tunery.data.conversations import plain
+
+    value = plain(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class ChatModel(InstructionModel):
+    """Conversations in (``messages`` and ``tools``); the next assistant message out."""
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        import json
+
+        from tunery.data.conversations import prompt
+        from tunery.data.templates import parse_tool_calls
+        from tunery.training.sft import generate_replies
+
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        tools = frame["tools"] if "tools" in frame.columns else [None] * len(frame)
+        turns = [
+            prompt(_json_cell(messages, []), _json_cell(offered, []))
+            for messages, offered in zip(frame["messages"], tools, strict=True)
+        ]
+        budget = (params or {}).get(
+            "max_new_tokens", self._meta.get("sft", {}).get("generation_max_new_tokens", 128)
+        )
+        replies = generate_replies(self._model, self._tokenizer, turns, int(budget))
+        parsed = [parse_tool_calls(reply) for reply in replies]
+        return pd.DataFrame(
+            {
+                "content": [content for content, _ in parsed],
+                "tool_calls": [json.dumps(calls, ensure_ascii=False) for _, calls in parsed],
+                "raw": replies,
+            }
+        )

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunery.data.templates import prepared
+from tunery.data.templates import end_of_turn_ids, prepared
 
 IGNORE_INDEX = -100
 TRAIN_ON = ("all", "last")  # which assistant turns are learned (weight-0 turns never are)
-# special tokens that end a turn in the common template families (ChatML, Llama 3, Gemma, Phi, Zephyr)
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
 
 
 class TemplateMismatch(ValueError):
@@ -38,14 +36,6 @@ def _ids(tokenizer, messages: list[dict], tools: list[dict] | None, generation_p
         return_dict=False,
     )
     return list(out)
-
-
-def end_of_turn_ids(tokenizer) -> set[int]:
-    """Token ids that end an assistant turn: the eos token and the template's end-of-turn specials."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    specials = {t.content: i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    ids.update(specials[token] for token in END_OF_TURN_TOKENS if token in specials)
-    return ids
 
 
 def _text(tokenizer, messages: list[dict], tools: list[dict] | None, generation_prompt: bool) -> str:

@@ -237,8 +237,14 @@ def _datasets(recipe: Recipe, layout: RunLayout, tokenizer, labels: list[str] | 
     if recipe.task == "sft":
         from tunery.training.sft import SftCollator, build_sft_datasets
 
+        conversation = recipe.data.conversation
         data, stats = build_sft_datasets(
-            frames, tokenizer, recipe.model.max_length, recipe.sft.system_prompt, recipe.sft.packing
+            frames,
+            tokenizer,
+            recipe.model.max_length,
+            recipe.sft.system_prompt,
+            recipe.sft.packing,
+            conversation.train_on if conversation else "all",
         )
         return data["train"], data["validation"], SftCollator(tokenizer.pad_token_id), None, stats
     from transformers import DataCollatorWithPadding

@@ -240,7 +240,32 @@ class SftCollator:
         return batch
 
 
-def _encode_split(frame: pd.DataFrame, tokenizer, max_length: int, system_prompt: str | None):
+def _encode_conversations(frame: pd.DataFrame, tokenizer, max_length: int, train_on: str):
+    """Conversation rows (``conversation`` column, canonical JSON) as examples, loss on assistant turns.
+
+    The clean stage fitted each conversation to ``max_length``; an example still over it (a template that
+    tokenises a turn's own example longer than the whole) is skipped and counted (``prompt_too_long``)."""
+    import json
+
+    from tunery.data.templates import tool_style
+    from tunery.training import chat
+
+    style = tool_style(tokenizer)
+    examples, skipped = [], Counter()
+    for raw in frame["conversation"]:
+        for example in chat.encode(tokenizer, json.loads(raw), train_on=train_on, style=style)["examples"]:
+            if len(example["input_ids"]) > max_length:
+                skipped[SKIP_PROMPT_TOO_LONG] += 1
+                continue
+            examples.append({**example, "attention_mask": [1] * len(example["input_ids"])})
+    return examples, skipped
+
+
+def _encode_split(
+    frame: pd.DataFrame, tokenizer, max_length: int, system_prompt: str | None, train_on: str = "all"
+):
+    if "conversation" in frame.columns:
+        return _encode_conversations(frame, tokenizer, max_length, train_on)
     examples, skipped = [], Counter()
     columns = (frame["instruction"], frame["input"], frame["output"])
     for instruction, context, output in zip(*columns, strict=True):
@@ -283,18 +308,20 @@ def build_sft_datasets(
     max_length: int,
     system_prompt: str | None,
     packing: bool,
+    train_on: str = "all",
 ) -> tuple[dict[str, Any], dict]:
-    """Encode every split's instruction rows; pack the training split if asked.
+    """Encode every split's instruction rows (or conversations); pack the training split if asked.
 
     Only the training split is packed: evaluation keeps one example per row so per-example losses and
     generations stay comparable between runs.
 
     Args:
-        frames: split name -> frame with columns instruction, input, output.
+        frames: split name -> frame with columns instruction, input, output (or ``conversation``).
         tokenizer: a tokenizer with a chat template.
         max_length: maximum tokens per example (and per packed sequence).
         system_prompt: system message for every conversation, or None.
         packing: pack the ``train`` split.
+        train_on: conversations: ``all`` assistant turns, or the ``last`` one.
 
     Returns:
         ``(datasets, stats)``: a ``datasets.Dataset`` per split, and per split the rows, examples,
@@ -302,7 +329,7 @@ def build_sft_datasets(
     """
     datasets, stats = {}, {}
     for split, frame in frames.items():
-        examples, skipped = _encode_split(frame, tokenizer, max_length, system_prompt)
+        examples, skipped = _encode_split(frame, tokenizer, max_length, system_prompt, train_on)
         sequences = pack(examples, max_length) if packing and split == "train" else examples
         datasets[split] = _dataset(sequences)
         stats[split] = _split_stats(len(frame), examples, sequences, skipped)
@@ -361,3 +388,23 @@ def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int) -
         )
     new_tokens = out[:, longest:]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def generate_replies(
+    model, tokenizer, turns: list[dict], max_new_tokens: int, batch_size: int = 8
+) -> list[str]:
+    """Greedy assistant replies to conversation prefixes (``messages`` and ``tools`` of
+    ``tunery.evaluation.generation.conversation_turns``), prompted exactly as training saw them."""
+    from tunery.data.templates import prepared, tool_style
+
+    style = tool_style(tokenizer)
+    prompts = []
+    for turn in turns:
+        messages, tools = prepared(tokenizer, {"messages": turn["messages"], "tools": turn["tools"]}, style)
+        prompts.append(
+            tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        )
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        answers += _generate_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
+    return answers
