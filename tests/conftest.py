@@ -15,7 +15,6 @@ os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ.pop("MLFLOW_TRACKING_URI", None)
 # DeepSpeed compiles its CPU ops once (~1 min); keep them in the project cache across runs
 os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".tunery" / "torch_extensions")
@@ -27,25 +26,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
-# variables tunery itself sets in its own process (a recipe's tracking URI with credentials moves them into
-# the environment, config.credentials_to_environment): one test's must not reach the next test's runs
-_PROCESS_ENVIRONMENT = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "PREFECT_API_URL",
-)
+# MLflow state that one test may leave behind for the next: a recipe's tracking URI with credentials moves
+# them into the environment (config.credentials_to_environment), and mlflow.set_tracking_uri() writes
+# MLFLOW_TRACKING_URI for subprocesses (a fixture restoring "the URI before" sets the default one). A later
+# test's subprocess would then log to another test's store. After every test the session's baseline is
+# back: no MLflow URI or credentials set (popped above), PREFECT_API_URL as it was before the test.
+_MLFLOW_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+for _name in _MLFLOW_ENVIRONMENT:
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)
 def _restore_process_environment():
-    before = {name: os.environ.get(name) for name in _PROCESS_ENVIRONMENT}
+    import sys
+
+    prefect_api = os.environ.get("PREFECT_API_URL")
     yield
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI
+    for name in _MLFLOW_ENVIRONMENT:
+        os.environ.pop(name, None)
+    if prefect_api is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = prefect_api
 
 
 @pytest.fixture(scope="session")
