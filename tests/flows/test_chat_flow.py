@@ -70,7 +70,8 @@ def chat_recipe(shared_data, tiny_llama, tmp_path_factory):
     openai = [
         {"messages": r["messages"]} for r in json.loads((factory / "kto_en_demo.json").read_text())[:60]
     ]
-    openai[0]["messages"][1]["weight"] = 0  # context only
+    multi = next(r for r in openai if sum(m["role"] == "assistant" for m in r["messages"]) > 1)
+    multi["messages"][1]["weight"] = 0  # context only: its later turns are still learned
     (data / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in openai + BAD_OPENAI) + "\n")
     alpaca = json.loads((shared_data / "alpaca_demo" / "alpaca_en_demo.json").read_text())[:60]
     lima = [
@@ -92,7 +93,8 @@ def chat_recipe(shared_data, tiny_llama, tmp_path_factory):
             data:
               source: {data}
               conversation: {{format: auto, too_long: drop_oldest}}
-            model: {{base: {tiny_llama}, max_length: 384}}
+            cleaning: {{max_quarantine_fraction: 0.5}}  # long real conversations: some are too_long
+            model: {{base: {tiny_llama}, max_length: 512}}
             method: {{name: lora, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}}}
             training: {{max_steps: 6, batch_size: 4, eval_batch_size: 8, learning_rate: 5.0e-3,
                         logging_steps: 2}}
@@ -122,6 +124,8 @@ def test_every_format_is_read_and_bad_conversations_are_quarantined_with_reasons
     assert clean["rows_in"] == 80 + 65 + 20 + 10
     assert clean["rows_in"] == clean["kept"] + clean["quarantined"] + clean["deduplicated"]
     reasons = clean["quarantine_reasons"]
+    assert clean["conversations_truncated"]["rows"] > 0, "long ones lost their oldest exchanges"
+    assert reasons["too_long"] < 0.3 * clean["rows_in"] and "no_trained_turn" not in reasons
     for reason in (
         "unknown_role",
         "empty_assistant",
@@ -138,7 +142,9 @@ def test_every_format_is_read_and_bad_conversations_are_quarantined_with_reasons
     sources = {s.rsplit("/", 1)[-1] for s in kept["source"]}
     assert sources == {"glaive.json", "chat.jsonl", "lima.jsonl", "alpaca_history.json"}
     turns = kept["conversation"].map(lambda c: len(json.loads(c)["messages"]))
-    assert (turns[kept["source"].str.endswith("alpaca_history.json")] == 4).all(), "history became turns"
+    from_history = turns[kept["source"].str.endswith("alpaca_history.json")]
+    # history + instruction: 4 turns (2 where the history exchange was dropped to fit max_length)
+    assert set(from_history) <= {2, 4} and (from_history == 4).sum() >= len(from_history) / 2
 
 
 def test_training_learns_assistant_turns_and_evaluation_scores_each_turn(first_run):
