@@ -50,7 +50,7 @@ def test_reference_shows_types_defaults_and_required_fields():
     assert "mapping of string to string, or null" in rows["| `data.label_names`"]
 
 
-@pytest.mark.parametrize("task", typing.get_args(Recipe.model_fields["task"].annotation))
+@pytest.mark.parametrize("task", [*typing.get_args(Recipe.model_fields["task"].annotation), "chat"])
 def test_each_example_recipe_validates(tmp_path, task):
     result = tunery("recipe", "--example", task)
     assert result.returncode == 0, result.stderr
@@ -59,8 +59,9 @@ def test_each_example_recipe_validates(tmp_path, task):
     path = tmp_path / f"{task}.yaml"
     path.write_text(result.stdout)
     recipe = load_recipe(path)
-    assert recipe.task == task
-    assert recipe.model.base == {"classification": "minilm", "sft": "smollm2"}[task]
+    assert recipe.task == {"chat": "sft"}.get(task, task)
+    assert recipe.model.base == {"classification": "minilm", "sft": "smollm2", "chat": "smollm2"}[task]
+    assert (recipe.data.conversation is not None) == (task == "chat")
 
 
 def test_unknown_example_task_is_one_clear_error():

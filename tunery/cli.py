@@ -64,7 +64,7 @@ def validate(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
 def recipe_reference(
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema (for editors).")] = False,
     example: Annotated[
-        str | None, typer.Option(metavar="TASK", help="Print a starting recipe: classification or sft.")
+        str | None, typer.Option(metavar="TASK", help="Print a starting recipe: classification, sft or chat.")
     ] = None,
 ) -> None:
     """Print the recipe format: every field with its type, default and meaning (also docs/recipe.md)."""
@@ -201,11 +201,15 @@ def serve(
     request_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a request may take; then 504 and its work stops.")
     ] = 60.0,
+    openai: Annotated[
+        bool, typer.Option("--openai", help="sft models: an OpenAI-compatible /v1/chat/completions API.")
+    ] = False,
 ) -> None:
     """Serve a registered model over REST with MLflow's scoring server (runs until interrupted).
 
     Same endpoints and formats as `mlflow models serve`. Work stops when its client disconnects or its
     --request-timeout passes; a null or empty text gets label null and error `empty_text` in its row.
+    With --openai, an sft model answers OpenAI chat completions (streaming too) at /v1 instead.
     """
     import subprocess
 
@@ -218,8 +222,13 @@ def serve(
     # activated (e.g. .venv/bin/tunery called directly).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cmd = scoring.serve_command(model, host, port, workers, max_request_bytes, max_rows, request_timeout)
-    typer.echo(f"serving {scoring.model_uri(model)} on http://{host}:{port}/invocations (Ctrl+C stops)")
+    if openai:
+        cmd = [sys.executable, "-m", "tunery.serving.chat_api", model, "--host", host, "--port", str(port)]
+        cmd += ["--max-request-bytes", str(max_request_bytes)]
+        typer.echo(f"serving {scoring.model_uri(model)} on http://{host}:{port}/v1 (Ctrl+C stops)")
+    else:
+        cmd = scoring.serve_command(model, host, port, workers, max_request_bytes, max_rows, request_timeout)
+        typer.echo(f"serving {scoring.model_uri(model)} on http://{host}:{port}/invocations (Ctrl+C stops)")
     exit_on_termination()
     guard_descendants()  # SIGKILL of this process ends the server and its workers too
     # its own process group: a stop reaches the server (tunery.serving.server) and every uvicorn worker

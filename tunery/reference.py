@@ -91,13 +91,48 @@ mlflow:
   experiment: my-assistant
   registered_model: my-assistant
 """,
+    "chat": """\
+# tunery run chat.yaml
+# A starting recipe: `tunery recipe --example chat > chat.yaml`. Point data.source at conversations
+# (OpenAI chat JSONL, ShareGPT, LIMA or alpaca with history; detected per file), then
+# `tunery validate chat.yaml`. Every field: `tunery recipe` (docs/recipe.md).
+name: my-chat-assistant
+task: sft
+data:
+  source: data/my-chats/             # files, a glob, or an fsspec URI
+  conversation:
+    format: auto                     # openai | sharegpt | lima | alpaca | auto
+    roles: {}                        # your role names -> system/user/assistant/tool, e.g. {bot: assistant}
+    train_on: all                    # all assistant turns (weight 1), or last
+    too_long: drop_oldest            # or quarantine
+model:
+  base: smollm2                      # its chat template is used for training and serving
+  max_length: 1024
+method:
+  name: lora
+  lora: {r: 8, alpha: 16, dropout: 0.05}
+training:
+  epochs: 2
+  batch_size: 8
+  learning_rate: 2.0e-4
+sft:
+  packing: true                      # packed conversations never attend to each other
+  generation_max_new_tokens: 128
+evaluation:
+  generation_samples: 16             # assistant turns of the test conversations answered
+  gate: {primary_metric: rouge_l, min_improvement: 0.0}
+mlflow:
+  experiment: my-chat-assistant
+  registered_model: my-chat-assistant
+""",
 }
 
 _NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 
 
 def example_recipe(task: str) -> str:
-    """A commented starting recipe for ``task`` (``classification`` or ``sft``) that validates as is.
+    """A commented starting recipe for ``task`` (``classification``, ``sft``, or ``chat``: sft on
+    conversations) that validates as is.
 
     Raises:
         ValueError: ``task`` has no example.

@@ -179,3 +179,93 @@ def test_the_second_run_is_compared_through_the_chat_pyfunc_which_answers_openai
     out = model.predict(pd.DataFrame({"messages": [json.dumps(messages)], "tools": [json.dumps(tools)]}))
     assert list(out.columns) == ["content", "tool_calls", "raw"] and len(out) == 1
     assert isinstance(json.loads(out["tool_calls"][0]), list)
+
+
+@pytest.fixture(scope="module")
+def chat_server(first_run, chat_recipe):
+    """A real `tunery serve --openai` process for the registered champion, stopped by its PID."""
+    import os
+    import sys
+    import time
+
+    import httpx
+
+    from tunery.ops import process
+
+    port = process.free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{chat_recipe.parent / 'work' / 'mlflow.db'}"}
+    log = chat_recipe.parent / "serve.log"
+    server = process.spawn(
+        "serve",
+        [sys.executable, "-m", "tunery.cli", "serve", "chat-sft@champion", "--openai", "--port", str(port)],
+        log,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(1)
+    else:
+        pytest.fail("tunery serve --openai did not answer in 180 s:\n" + log.read_text()[-3000:])
+    yield {"base": base, "server": server, "log": log}
+    process.stop_group(server)
+
+
+def test_the_official_openai_client_talks_to_tunery_serve(chat_server):
+    import openai
+
+    client_ = openai.OpenAI(base_url=f"{chat_server['base']}/v1", api_key="not-needed", max_retries=0)
+    assert [m.id for m in client_.models.list().data] == ["chat-sft@champion"]
+    messages = [{"role": "user", "content": "Hi, can you help me plan a trip?"}]
+    reply = client_.chat.completions.create(model="chat-sft@champion", messages=messages, max_tokens=8)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert reply.usage.completion_tokens <= 8 and reply.usage.prompt_tokens > 5
+
+    pieces = list(
+        client_.chat.completions.create(
+            model="chat-sft@champion", messages=messages, max_tokens=8, stream=True
+        )
+    )
+    assert pieces[0].choices[0].delta.role == "assistant"
+    assert pieces[-1].choices[0].finish_reason in ("stop", "length", "tool_calls")
+    streamed = "".join(p.choices[0].delta.content or "" for p in pieces)
+    assert streamed == (choice.message.content or ""), "greedy: the stream says what the single reply said"
+
+    tools = [{"type": "function", "function": {"name": "search_recipes", "parameters": {"type": "object"}}}]
+    with_tools = client_.chat.completions.create(
+        model="chat-sft@champion", messages=messages, tools=tools, max_tokens=8
+    )
+    assert with_tools.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+    with pytest.raises(openai.BadRequestError, match="unknown_role"):
+        client_.chat.completions.create(
+            model="chat-sft@champion", messages=[{"role": "robot", "content": "x"}]
+        )
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client_.chat.completions.create(model="chat-sft@champion", messages=messages, max_tokens=10**6)
+
+
+def test_the_chat_server_binds_localhost_and_stops_on_sigterm(chat_server):
+    import signal
+
+    import psutil
+
+    listening = {
+        c.laddr.ip
+        for p in [
+            psutil.Process(chat_server["server"].pid),
+            *psutil.Process(chat_server["server"].pid).children(recursive=True),
+        ]
+        for c in p.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+    assert listening == {"127.0.0.1"}
+    chat_server["server"].send_signal(signal.SIGTERM)
+    assert chat_server["server"].wait(timeout=30) is not None

@@ -74,7 +74,7 @@ def _cycle(scenario, overrides: list[str] | None = None) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def first(scenario):
-    _drop(scenario["full"].iloc[:700], scenario["zone"], "drop-1.tsv")
+    _drop(scenario["full"].iloc[:350], scenario["zone"], "drop-1.tsv")
     (scenario["zone"] / "drop-2.tsv.part").write_text("Label\tSMS\nham\thalf a fi")  # still being written
     return _cycle(scenario)
 
@@ -106,7 +106,7 @@ def test_nothing_new_trains_nothing(first, scenario):
 
 @pytest.fixture(scope="module")
 def flipped(first, scenario):
-    rows = scenario["full"].iloc[700:1700].copy()
+    rows = scenario["full"].iloc[350:850].copy()
     rows["Label"] = rows["Label"].map({"ham": "spam", "spam": "ham"})
     _drop(rows, scenario["zone"], "drop-flipped.tsv")
     return _cycle(scenario)

@@ -498,10 +498,10 @@ def drop_zone_runs(live_stack, tmp_path_factory):
         }
         reply = api.post(f"/deployments/{watcher}/schedules", json=[schedule])
         assert reply.status_code == 201, reply.text
-        _drop_file(_sms_rows(0, 600), zone, "drop-1.tsv")
+        _drop_file(_sms_rows(0, 250), zone, "drop-1.tsv")
         first = _wait_versions(live_stack["mlflow_url"], "sms-stack-drops", lambda v: len(v) >= 1, 600)
-        _drop_file(_sms_rows(600, 1200), zone, "drop-2.tsv")
-        _drop_file(_sms_rows(1200, 1800), zone, "drop-3.tsv")
+        _drop_file(_sms_rows(250, 500), zone, "drop-2.tsv")
+        _drop_file(_sms_rows(500, 750), zone, "drop-3.tsv")
 
         def all_three(found: list) -> bool:
             return bool(found) and found[-1].tags.get("tunery.drops.count") == "3"
