@@ -11,8 +11,7 @@ OpenAI error body; bodies over ``--max-request-bytes`` get 413. Binds 127.0.0.1 
 Run as ``python -m tunery.serving.chat_api MODEL [--host --port]``; the model is downloaded from MLflow.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at runtime
 import argparse
 import json
 import tempfile
