@@ -151,3 +151,24 @@ def test_adopt_data_takes_each_file_from_the_latest_stage_that_made_it(tmp_path)
     adopt_data(new, [run_a.ingested, run_a.cleaned, run_b.split("train")])
     assert pd.read_parquet(new.split("train"))["text"].tolist() == ["seed-7"]
     assert json.loads(new.data_report.read_text())["split"]["train"]["digest"] == "seed-7"
+
+
+def test_conversations_are_cleaned_again_for_another_model_length(tmp_path):
+    """Conversations are checked against the model's template and fitted to its max_length in the clean
+    stage: another length must not reuse that cleaning (classification rows do not depend on it)."""
+    data = tmp_path / "c.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    )
+
+    def keys(max_length: int, conversation: bool) -> dict:
+        sections = {"task": "sft", "model": {"base": "smollm2", "max_length": max_length}}
+        recipe = _recipe(data, tmp_path, **sections)
+        if conversation:
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"conversation": {}})})
+            recipe = Recipe.model_validate(recipe.model_dump())
+        return cache.stage_keys(recipe)
+
+    short, long = keys(256, True), keys(512, True)
+    assert short["ingest"] == long["ingest"] and short["clean"] != long["clean"]
+    assert keys(256, False)["clean"] == keys(512, False)["clean"]

@@ -5,7 +5,8 @@ A stage's key hashes everything its output depends on:
 - ingest: the content of every source file (SHA-256 of local files; fsspec's ``ukey`` for remote ones,
   which hashes what the store reports: ETag, size, modification time), the recipe's ``data`` and ``task``,
   and the data code's version;
-- clean: the ingest key, the ``cleaning`` section (and the tokenizer when ``max_tokens`` is set);
+- clean: the ingest key, the ``cleaning`` section (and the model and its ``max_length`` when ``max_tokens``
+  is set, or for conversations, which are checked against the model's template and fitted to its length);
 - split: the clean key and the ``split`` section.
 
 So a change to the split seed re-runs only the split; a new file in the source re-runs all three.
@@ -91,7 +92,8 @@ def stage_keys(recipe: Recipe) -> dict[str, str]:
     ingest = _sha256(
         "ingest", code_version(), recipe.task, section("data"), source_fingerprint(recipe.data.source)
     )
-    tokenizer = f"{recipe.model.base}:{recipe.model.max_length}" if recipe.cleaning.max_tokens else ""
+    uses_model = recipe.cleaning.max_tokens or recipe.data.conversation is not None
+    tokenizer = f"{recipe.model.base}:{recipe.model.max_length}" if uses_model else ""
     clean = _sha256("clean", ingest, section("cleaning"), tokenizer)
     split = _sha256("split", clean, section("split"))
     return {"ingest": ingest, "clean": clean, "split": split}
