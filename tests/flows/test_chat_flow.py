@@ -227,6 +227,10 @@ def test_the_official_openai_client_talks_to_tunery_serve(chat_server):
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
     assert choice.finish_reason in ("stop", "length", "tool_calls")
     assert reply.usage.completion_tokens <= 8 and reply.usage.prompt_tokens > 5
+    if reply.usage.completion_tokens < 8 and choice.finish_reason != "tool_calls":
+        assert choice.finish_reason == "stop", "ended before the budget: the model stopped by itself"
+    elif choice.finish_reason != "tool_calls":
+        assert choice.finish_reason in ("length", "stop")  # stop: its 8th token ended the turn
 
     pieces = list(
         client_.chat.completions.create(

@@ -31,13 +31,14 @@ class ChatEngine:
     def __init__(self, model_dir: str | Path, name: str) -> None:
         from transformers import AutoTokenizer
 
-        from tunery.data.templates import tool_style
+        from tunery.data.templates import end_of_turn_ids, tool_style
         from tunery.training.export import load_exported
 
         self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = load_exported(Path(model_dir), "sft").eval()
         self.style = tool_style(self.tokenizer)
+        self.ends = end_of_turn_ids(self.tokenizer)  # generation stops at any of them
         self.lock = threading.Lock()  # one generation at a time: the model is not shared across threads
 
     def prompt_ids(self, conversation: dict) -> list[int]:
@@ -53,8 +54,6 @@ class ChatEngine:
         """Token ids generated after ``ids`` (greedy unless ``temperature`` > 0)."""
         import torch
 
-        from tunery.data.templates import end_of_turn_ids
-
         sample = temperature > 0
         with self.lock, torch.no_grad():
             out = self.model.generate(
@@ -64,11 +63,17 @@ class ChatEngine:
                 do_sample=sample,
                 temperature=temperature if sample else None,
                 top_p=top_p if sample else None,
-                eos_token_id=sorted(end_of_turn_ids(self.tokenizer)),
+                eos_token_id=sorted(self.ends),
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 streamer=streamer,
             )
         return out[0, len(ids) :].tolist()
+
+    def finish_reason(self, new: list[int], max_tokens: int, calls: bool) -> str:
+        """OpenAI's finish reason: ``tool_calls``, ``length`` (the budget ran out mid-answer) or ``stop``."""
+        if calls:
+            return "tool_calls"
+        return "length" if len(new) >= max_tokens and not set(new[-1:]) & self.ends else "stop"
 
 
 class RequestError(ValueError):
@@ -108,14 +113,14 @@ def parse_request(body: dict) -> tuple[dict, int, float, float, bool]:
     return conversation, max_tokens, float(temperature), float(top_p), bool(body.get("stream", False))
 
 
-def _message(text: str) -> tuple[dict, str]:
-    """The assistant message of a generated text, and its finish reason (``tool_calls`` when it calls)."""
+def _message(text: str) -> dict:
+    """The assistant message of a generated text (its tool calls as OpenAI ``tool_calls``)."""
     from tunery.data.templates import parse_tool_calls
 
     content, calls = parse_tool_calls(text)
     if calls:
-        return {"role": "assistant", "content": content or None, "tool_calls": calls}, "tool_calls"
-    return {"role": "assistant", "content": content}, "stop"
+        return {"role": "assistant", "content": content or None, "tool_calls": calls}
+    return {"role": "assistant", "content": content}
 
 
 def create_app(engine: ChatEngine, max_request_bytes: int = MAX_REQUEST_BYTES):
@@ -158,9 +163,8 @@ def create_app(engine: ChatEngine, max_request_bytes: int = MAX_REQUEST_BYTES):
 
         new = await anyio.to_thread.run_sync(engine.generate, ids, max_tokens, temperature, top_p)
         text = engine.tokenizer.decode(new, skip_special_tokens=True).strip()
-        message, finish = _message(text)
-        if len(new) >= max_tokens and not set(new[-1:]) & _ends(engine):
-            finish = "length"
+        message = _message(text)
+        finish = engine.finish_reason(new, max_tokens, "tool_calls" in message)
         return {
             **head,
             "object": "chat.completion",
@@ -173,12 +177,6 @@ def create_app(engine: ChatEngine, max_request_bytes: int = MAX_REQUEST_BYTES):
         }
 
     return app
-
-
-def _ends(engine: ChatEngine) -> set[int]:
-    from tunery.data.templates import end_of_turn_ids
-
-    return end_of_turn_ids(engine.tokenizer)
 
 
 def _stream(
@@ -230,11 +228,7 @@ def _stream(
         if len(content) > sent:
             yield chunk({"content": content[sent:]})
         yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
-    new = result.get("new", [])
-    finish = "tool_calls" if calls else "stop"
-    if not calls and len(new) >= max_tokens and not set(new[-1:]) & _ends(engine):
-        finish = "length"
-    yield chunk({}, finish)
+    yield chunk({}, engine.finish_reason(result.get("new", []), max_tokens, bool(calls)))
     yield "data: [DONE]\n\n"
 
 
