@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,35 @@ def test_identity_of_a_process_that_is_gone_is_none(tmp_path: Path) -> None:
     proc = process.spawn("short", [sys.executable, "-c", "pass"], tmp_path / "short.log")
     proc.wait(timeout=30)
     assert process.process_identity(proc.pid) is None
+
+
+def _ignored_signals(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+
+
+def test_a_service_started_from_a_background_job_still_stops_on_sigint(tmp_path: Path) -> None:
+    """`tunery stack up &` in a script: the shell starts it with SIGINT and SIGQUIT ignored, which exec
+    passes on. The worker (stopped by SIGINT) must not inherit that, or `stack down` waits for SIGKILL."""
+    import signal
+
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        proc = process.spawn("worker", ["sleep", "120"], tmp_path / "w.log")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    try:
+        for _ in range(100):  # the child sets default dispositions, then execs its command
+            if process.command_line(proc.pid) == ["sleep", "120"]:
+                break
+            time.sleep(0.05)
+        assert process.command_line(proc.pid) == ["sleep", "120"], "the service runs its own command"
+        ignored = _ignored_signals(proc.pid)
+        assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1))
+        os.killpg(proc.pid, signal.SIGINT)  # what `stack down` sends a worker
+        assert proc.wait(timeout=30) == -signal.SIGINT, "SIGINT ended it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

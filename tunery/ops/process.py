@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,14 +50,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Signals whose *ignored* disposition a child inherits through exec. A non-interactive shell starts a
+# background job (`tunery stack up &`, CI scripts) with SIGINT and SIGQUIT ignored; the stack's worker and
+# PostgreSQL, which stop on SIGINT, would then ignore `stack down` until the SIGKILL timeout.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+# Runs in the child before its command: default dispositions (survive exec, unlike handlers), then exec.
+_DEFAULT_SIGNALS_THEN_EXEC = (
+    "import os,signal,sys\n"
+    "for s in (%s): signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])" % ",".join(str(int(s)) for s in STOP_SIGNALS)
+)
+
+
+def ignored_stop_signals() -> list[signal.Signals]:
+    """The stop signals this process ignores (and a child it starts would ignore too)."""
+    return [s for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
+
+
+def with_default_signals(command: list[str]) -> list[str]:
+    """``command``, started so that it does not inherit ignored stop signals from this process."""
+    if not ignored_stop_signals():
+        return command
+    return [sys.executable, "-I", "-S", "-c", _DEFAULT_SIGNALS_THEN_EXEC, *command]
+
+
 def spawn(name: str, command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``command`` in a new session with stdout and stderr appended to ``log``."""
+    """Start ``command`` in a new session with stdout and stderr appended to ``log``; it answers the stop
+    signals by default even where this process ignores them (see :data:`STOP_SIGNALS`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {command}\n".encode())
         out.flush()
         return subprocess.Popen(
-            command,
+            with_default_signals(command),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
