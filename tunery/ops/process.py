@@ -55,10 +55,10 @@ def free_port() -> int:
 # PostgreSQL, which stop on SIGINT, would then ignore `stack down` until the SIGKILL timeout.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 # Runs in the child before its command: default dispositions (survive exec, unlike handlers), then exec.
+_SIGNAL_NUMBERS = ",".join(str(int(s)) for s in STOP_SIGNALS)
 _DEFAULT_SIGNALS_THEN_EXEC = (
-    "import os,signal,sys\n"
-    "for s in (%s): signal.signal(s, signal.SIG_DFL)\n"
-    "os.execvp(sys.argv[1], sys.argv[1:])" % ",".join(str(int(s)) for s in STOP_SIGNALS)
+    f"import os,signal,sys\nfor s in ({_SIGNAL_NUMBERS}): signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])"
 )
 
 
