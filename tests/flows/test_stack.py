@@ -3,7 +3,7 @@ worker on 127.0.0.1 and deploys prefect.yaml; runs are then started the way the 
 (``POST /api/deployments/{id}/create_flow_run`` with edited parameters) and by the Prefect scheduler.
 `tunery stack down` stops everything by PID at the end.
 
-Runs use the demo recipe with small overrides (few steps, a temporary workdir) to stay cheap.
+Runs use the demo recipe with small overrides (a tiny BERT, few steps, a temporary workdir) to stay cheap.
 """
 
 from __future__ import annotations
@@ -127,35 +127,113 @@ def _parse(ts: str) -> dt.datetime:
     return dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
+def _runs_of(api: httpx.Client, deployment: str) -> list[dict]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    return api.post("/flow_runs/filter", json=body).json()
+
+
+def _schedule_nightly_soon(api: httpx.Client, overrides: list[str]) -> dict:
+    """prefect.yaml's nightly cron was deployed and planned at 02:00 UTC: record that, switch it off (this
+    test must not run it), and add an hourly schedule anchored 10 s from now with ``overrides``."""
+    deployment = _deployment_id(api, "finetune", "nightly-retrain")
+    schedules = api.get(f"/deployments/{deployment}/schedules").json()
+    deadline, nightly = time.monotonic() + 60, []
+    while not nightly and time.monotonic() < deadline:  # the scheduler's loop: every 5 s here
+        nightly = [r for r in _runs_of(api, deployment) if r["auto_scheduled"]]
+        time.sleep(0 if nightly else 1)
+    found = {
+        "deployment": deployment,
+        "crons": [x["schedule"].get("cron") for x in schedules],
+        "nightly_hours": [_parse(r["expected_start_time"]).hour for r in nightly],
+    }
+    reply = api.patch(f"/deployments/{deployment}/schedules/{schedules[0]['id']}", json={"active": False})
+    assert reply.status_code == 204, reply.text
+    for run in nightly:
+        api.delete(f"/flow_runs/{run['id']}")
+    anchor = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
+    schedule = {
+        "schedule": {"interval": 3600, "anchor_date": anchor.isoformat(), "timezone": "UTC"},
+        "active": True,
+        "parameters": {"recipe_path": "configs/helpdesk.yaml", "overrides": overrides},
+    }
+    reply = api.post(f"/deployments/{deployment}/schedules", json=[schedule])
+    assert reply.status_code == 201, reply.text
+    return {**found, "anchor": anchor}
+
+
+def _scheduled_run(api: httpx.Client, deployment: str, marker: str, timeout: float = 120) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _runs_of(api, deployment)
+        scheduled = [r for r in found if r["auto_scheduled"] and marker in str(r["parameters"])]
+        if scheduled:
+            return scheduled[0]
+        time.sleep(2)
+    return None
+
+
 @pytest.fixture(scope="module")
-def two_ui_runs(live_stack, tmp_path_factory):
-    """Two custom runs of the `finetune` deployment started at once, with edited parameters."""
+def stack_runs(live_stack, tiny_bert, tmp_path_factory):
+    """Four runs of the demo recipe on the stack at once, each with edited parameters: one submitted in
+    headless Chromium through the UI's Custom run form, two through the API call that form makes
+    (``create_flow_run``), one created by the Prefect scheduler. They share the one training slot.
+
+    The tiny BERT (instead of MiniLM) keeps each run cheap: what is under test here is the stack."""
     workdir = tmp_path_factory.mktemp("stack-runs")
+    base = f"model.base={tiny_bert}"
+    ui_overrides = [
+        "training.max_steps=4",
+        "training.logging_steps=1",  # a training curve with a point per step, validated twice
+        "training.eval_steps=2",
+        base,
+        f"workdir={workdir / 'ui'}",
+        "mlflow.registered_model=helpdesk-ui",
+    ]
+    cron_workdir = workdir / "scheduled"
     with _api(live_stack) as api:
+        cron_overrides = [f"workdir={cron_workdir}", "mlflow.registered_model=helpdesk-cron"]
+        cron = _schedule_nightly_soon(api, ["training.max_steps=2", base, *cron_overrides])
+        ui_id = _submit_in_ui(live_stack, ui_overrides, workdir)
         deployment = _deployment_id(api, "finetune", "finetune")
-        run_ids = []
+        api_ids = []
         for k in range(2):
             parameters = {
                 "recipe_path": "configs/helpdesk.yaml",
                 "overrides": [
                     "training.max_steps=6",
+                    base,
                     f"workdir={workdir / f'run{k}'}",
                     "mlflow.registered_model=helpdesk-stack",
                 ],
             }
             reply = api.post(f"/deployments/{deployment}/create_flow_run", json={"parameters": parameters})
             assert reply.status_code == 201, reply.text
-            run_ids.append(reply.json()["id"])
-        runs = _wait_final(api, run_ids, timeout=900)
-        logs = {rid: _logs(api, rid) for rid in run_ids}
-    return {"ids": run_ids, "runs": runs, "logs": logs}
+            api_ids.append(reply.json()["id"])
+        scheduled = _scheduled_run(api, cron["deployment"], str(cron_workdir))
+        ids = [ui_id, *api_ids] + ([scheduled["id"]] if scheduled else [])
+        try:
+            runs = _wait_final(api, ids, timeout=900)
+        finally:  # no further occurrences (pausing deletes the planned runs: only once ours has finished)
+            api.patch(f"/deployments/{cron['deployment']}", json={"paused": True})
+        logs = {rid: _logs(api, rid) for rid in ids}
+    return {
+        "ui": ui_id,
+        "ui_overrides": ui_overrides,
+        "ui_workdir": workdir / "ui",
+        "api": api_ids,
+        "cron": cron,
+        "scheduled": scheduled,
+        "runs": runs,
+        "logs": logs,
+    }
 
 
-def test_ui_style_runs_complete_and_register_versions_in_mlflow(live_stack, two_ui_runs):
+def test_ui_style_runs_complete_and_register_versions_in_mlflow(live_stack, stack_runs):
     import mlflow
 
-    for rid, run in two_ui_runs["runs"].items():
-        messages = "\n".join(log["message"] for log in two_ui_runs["logs"][rid])
+    for rid in stack_runs["api"]:
+        run = stack_runs["runs"][rid]
+        messages = "\n".join(log["message"] for log in stack_runs["logs"][rid])
         assert run["state"]["type"] == "COMPLETED", messages[-3000:]
         assert run["parameters"]["overrides"][0] == "training.max_steps=6"
         assert "trained 6 steps" in messages, "training logs reach the Prefect UI, with the override applied"
@@ -167,66 +245,29 @@ def test_ui_style_runs_complete_and_register_versions_in_mlflow(live_stack, two_
     assert mlf.get_model_version_by_alias("helpdesk-stack", "champion") is not None
 
 
-def test_second_run_waits_for_the_training_slot(two_ui_runs):
-    """One training job at a time: the two runs' training windows (slot held -> trained) do not overlap."""
+def test_runs_wait_for_the_training_slot(stack_runs):
+    """One training job at a time: the four runs' training windows (slot held -> trained) do not overlap."""
     windows = []
-    for rid in two_ui_runs["ids"]:
-        logs = two_ui_runs["logs"][rid]
+    assert len(stack_runs["logs"]) == 4
+    for logs in stack_runs["logs"].values():
         held = [_parse(x["timestamp"]) for x in logs if "holding training slot" in x["message"]]
         done = [_parse(x["timestamp"]) for x in logs if x["message"].startswith("trained ")]
         waited = [x for x in logs if "waiting for training slot" in x["message"]]
         assert held and done and waited, [x["message"] for x in logs][-20:]
         windows.append((held[0], done[-1]))
-    first, second = sorted(windows)
-    assert first[1] <= second[0], f"training windows overlap: {windows}"
+    windows.sort()
+    for earlier, later in zip(windows, windows[1:], strict=False):
+        assert earlier[1] <= later[0], f"training windows overlap: {windows}"
 
 
-def _runs_of(api: httpx.Client, deployment: str) -> list[dict]:
-    body = {"flow_runs": {"deployment_id": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
-    return api.post("/flow_runs/filter", json=body).json()
-
-
-def test_scheduler_creates_a_run_that_the_worker_executes(live_stack, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("stack-scheduled")
-    with _api(live_stack) as api:
-        deployment = _deployment_id(api, "finetune", "nightly-retrain")
-        # prefect.yaml's nightly cron was deployed and the scheduler planned its runs at 02:00 UTC ...
-        schedules = api.get(f"/deployments/{deployment}/schedules").json()
-        assert [x["schedule"].get("cron") for x in schedules] == ["0 2 * * *"]
-        nightly = [r for r in _runs_of(api, deployment) if r["auto_scheduled"]]
-        assert nightly and all(_parse(r["expected_start_time"]).hour == 2 for r in nightly)
-        # ... which this test must not execute: deactivate that schedule and drop its planned runs
-        reply = api.patch(f"/deployments/{deployment}/schedules/{schedules[0]['id']}", json={"active": False})
-        assert reply.status_code == 204, reply.text
-        for run in nightly:
-            api.delete(f"/flow_runs/{run['id']}")
-        anchor = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
-        schedule = {
-            "schedule": {"interval": 3600, "anchor_date": anchor.isoformat(), "timezone": "UTC"},
-            "active": True,
-            "parameters": {
-                "recipe_path": "configs/helpdesk.yaml",
-                "overrides": [
-                    "training.max_steps=2",
-                    f"workdir={workdir}",
-                    "mlflow.registered_model=helpdesk-cron",
-                ],
-            },
-        }
-        reply = api.post(f"/deployments/{deployment}/schedules", json=[schedule])
-        assert reply.status_code == 201, reply.text
-        deadline = time.monotonic() + 120
-        scheduled: list[dict] = []
-        while not scheduled and time.monotonic() < deadline:
-            found = _runs_of(api, deployment)
-            scheduled = [r for r in found if r["auto_scheduled"] and str(workdir) in str(r["parameters"])]
-            time.sleep(2)
-        assert scheduled, "the scheduler created no run in 120 s"
-        first = scheduled[0]
-        assert abs((_parse(first["expected_start_time"]) - anchor).total_seconds()) < 1
-        final = _wait_final(api, [first["id"]], timeout=600)[first["id"]]
-        # no further occurrences (pausing deletes the planned runs, so only once this one has finished)
-        api.patch(f"/deployments/{deployment}", json={"paused": True})
+def test_scheduler_creates_a_run_that_the_worker_executes(stack_runs):
+    cron, scheduled = stack_runs["cron"], stack_runs["scheduled"]
+    # prefect.yaml's nightly cron was deployed and the scheduler planned its runs at 02:00 UTC
+    assert cron["crons"] == ["0 2 * * *"]
+    assert cron["nightly_hours"] and all(hour == 2 for hour in cron["nightly_hours"])
+    assert scheduled, "the scheduler created no run in 120 s from the schedule added to nightly-retrain"
+    assert abs((_parse(scheduled["expected_start_time"]) - cron["anchor"]).total_seconds()) < 1
+    final = stack_runs["runs"][scheduled["id"]]
     assert final["state"]["type"] == "COMPLETED"
     assert final["work_queue_name"] == "default" and final["infrastructure_pid"]
 
@@ -328,24 +369,14 @@ def _submit_custom_run(page, state: dict, marker: str, screenshot: Path) -> str:
     raise AssertionError(f"Submit created no flow run; the page said: {texts}")
 
 
-def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_path):
-    """Deployments -> finetune -> Run -> Custom run, edit the overrides, Submit; the run completes, and its
-    summary and data-report artifacts show their plots."""
+def _submit_in_ui(state: dict, overrides: list[str], shots: Path) -> str:
+    """Deployments -> finetune -> Run -> Custom run, one text box per override, Submit; the run's id."""
     from playwright.sync_api import sync_playwright
 
-    workdir = tmp_path / "ui-run"
-    overrides = [
-        "training.max_steps=4",
-        "training.logging_steps=1",  # a training curve with a point per step, validated twice
-        "training.eval_steps=2",
-        f"workdir={workdir}",
-        "mlflow.registered_model=helpdesk-ui",
-    ]
-    prefect_ui, mlflow_ui = live_stack["prefect_url"], live_stack["mlflow_url"]
     with sync_playwright() as playwright:
         browser = _browser(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(f"{prefect_ui}/deployments", wait_until="networkidle")
+        page.goto(f"{state['prefect_url']}/deployments", wait_until="networkidle")
         # the deployment's link (each row also links its flow, also called finetune)
         deployment_links = page.locator("a[href*='/deployments/deployment/']")
         deployment_links.filter(has_text=re.compile(r"^\s*finetune\s*$")).first.click()
@@ -358,7 +389,22 @@ def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, tmp_pat
             page.get_by_role("button", name="Add item").click()
             page.wait_for_function(f"document.querySelectorAll('textarea').length > {count}")
             boxes.nth(count).fill(value)
-        run_id = _submit_custom_run(page, live_stack, marker=f"workdir={workdir}", screenshot=tmp_path)
+        workdir = next(value for value in overrides if value.startswith("workdir="))
+        run_id = _submit_custom_run(page, state, marker=workdir, screenshot=shots)
+        browser.close()
+    return run_id
+
+
+def test_custom_run_from_the_prefect_ui_in_headless_chromium(live_stack, stack_runs, tmp_path):
+    """The run submitted in the UI's Custom run form (stack_runs) completes, and its summary and
+    data-report artifacts show their plots in the browser."""
+    from playwright.sync_api import sync_playwright
+
+    run_id, overrides, workdir = stack_runs["ui"], stack_runs["ui_overrides"], stack_runs["ui_workdir"]
+    prefect_ui, mlflow_ui = live_stack["prefect_url"], live_stack["mlflow_url"]
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"{prefect_ui}/runs/flow-run/{run_id}", wait_until="domcontentloaded")
 
         badge, deadline = "", time.monotonic() + 600
@@ -457,9 +503,10 @@ def _wait_versions(mlflow_url: str, name: str, predicate, timeout: float) -> lis
 
 
 @pytest.fixture(scope="module")
-def drop_zone_runs(live_stack, tmp_path_factory):
+def drop_zone_runs(live_stack, tiny_bert, tmp_path_factory):
     """The watcher on a real schedule, the event trigger, the worker: three sms_spam slices are dropped
-    into the zone, the first alone, then two at once; a half-written file sits there all along."""
+    into the zone, the first alone, then two at once; a half-written file sits there all along. The tiny
+    BERT keeps the retrains cheap: what is under test is the drop protocol and the lineage."""
     import yaml
 
     folder = tmp_path_factory.mktemp("drop-zone")
@@ -473,7 +520,7 @@ def drop_zone_runs(live_stack, tmp_path_factory):
             "label_column": "Label",
             "labels": ["ham", "spam"],
         },
-        "model": {"base": "minilm", "max_length": 64},
+        "model": {"base": str(tiny_bert), "max_length": 64},
         "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1.0e-4},
         "continuous": {"settle_seconds": 0, "reannounce_seconds": 30},
         "mlflow": {"registered_model": "sms-stack-drops", "tracking_uri": live_stack["mlflow_url"]},
