@@ -20,9 +20,20 @@ from tunery.ops import process, stack
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process identity needs /proc")
 
 
+def _running_its_command(proc, command: list[str]) -> None:
+    """Wait until ``proc`` runs ``command``: where this process ignores SIGINT (a background job), spawn
+    starts a small shim that resets it and then execs the command."""
+    for _ in range(200):
+        if process.command_line(proc.pid) == command:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the service runs {process.command_line(proc.pid)}, not {command}")
+
+
 @pytest.fixture
 def sleeper(tmp_path: Path):
     proc = process.spawn("sleeper", ["sleep", "120"], tmp_path / "sleeper.log")
+    _running_its_command(proc, ["sleep", "120"])
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -110,11 +121,7 @@ def test_a_service_started_from_a_background_job_still_stops_on_sigint(tmp_path:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     try:
-        for _ in range(100):  # the child sets default dispositions, then execs its command
-            if process.command_line(proc.pid) == ["sleep", "120"]:
-                break
-            time.sleep(0.05)
-        assert process.command_line(proc.pid) == ["sleep", "120"], "the service runs its own command"
+        _running_its_command(proc, ["sleep", "120"])  # the shim set default dispositions, then exec'd
         ignored = _ignored_signals(proc.pid)
         assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1))
         os.killpg(proc.pid, signal.SIGINT)  # what `stack down` sends a worker
