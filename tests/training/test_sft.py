@@ -375,6 +375,37 @@ def test_generate_answers_returns_one_answer_per_row_without_the_prompt(tiny_lla
     assert answers == one_by_one
 
 
+def test_a_reply_says_whether_it_stopped_by_itself_or_was_cut(tiny_llama):
+    """Logits pushed towards one token: towards the end-of-turn token every reply ends at once (stopped);
+    towards an ordinary token every reply runs into the budget (cut). stop_rate counts the first kind."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunery.training.sft import Reply, generate_replies, stop_rate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    turns = [{"messages": [{"role": "user", "content": f"question {k}"}], "tools": []} for k in range(3)]
+
+    def pushed_towards(token_id: int):
+        def hook(module, args, output):
+            output.logits[..., token_id] += 1000.0
+            return output
+
+        return model.register_forward_hook(hook)
+
+    handle = pushed_towards(tokenizer.convert_tokens_to_ids(END_OF_TURN))
+    stopped = generate_replies(model, tokenizer, turns, max_new_tokens=5, batch_size=2)
+    handle.remove()
+    handle = pushed_towards(tokenizer("ok", add_special_tokens=False).input_ids[0])
+    cut = generate_replies(model, tokenizer, turns, max_new_tokens=5, batch_size=2)
+    handle.remove()
+
+    assert all(isinstance(r, Reply) and r.stopped and r == "" for r in stopped), stopped
+    assert all(isinstance(r, Reply) and not r.stopped and r.startswith("ok") for r in cut), cut
+    assert stop_rate(stopped + cut) == 0.5
+    assert stop_rate(["a plain string"]) is None  # e.g. a champion's answers read back from its pyfunc
+
+
 @pytest.mark.slow
 def test_smollm2_answers_a_question(smollm2_tokenizer):
     from transformers import AutoModelForCausalLM

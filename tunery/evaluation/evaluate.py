@@ -225,7 +225,7 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
 
     from tunery.models import resolve_model
     from tunery.training import export, methods
-    from tunery.training.sft import generate_answers
+    from tunery.training.sft import generate_answers, stop_rate
 
     test = pd.read_parquet(layout.split("test"))
     sample = test.head(recipe.evaluation.generation_samples).reset_index(drop=True)
@@ -235,7 +235,9 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
     if "conversation" in test.columns:
         return _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champion, step)
     generate = dict(
-        system_prompt=recipe.sft.system_prompt, max_new_tokens=recipe.sft.generation_max_new_tokens
+        system_prompt=recipe.sft.system_prompt,
+        max_new_tokens=recipe.sft.generation_max_new_tokens,
+        repetition_penalty=recipe.sft.repetition_penalty,
     )
     step(f"generating answers to {len(sample)} test prompts (tuned and untuned model)")
     answers = generate_answers(model, tokenizer, sample, **generate)
@@ -247,16 +249,20 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
             "input": sample["input"],
             "reference": references,
             "answer": answers,
+            "answer_stopped": [a.stopped for a in answers],
             "untuned_answer": base_answers,
+            "untuned_stopped": [a.stopped for a in base_answers],
         }
     ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
     step(f"perplexity on {len(test)} test rows (tuned and untuned model)")
     tuned = {
         **generation_metrics(references, answers),
+        "stop_rate": stop_rate(answers),
         "perplexity": perplexity(model, tokenizer, test, recipe),
     }
     zero_shot = {
         **generation_metrics(references, base_answers),
+        "stop_rate": stop_rate(base_answers),
         "perplexity": perplexity(base, tokenizer, test, recipe),
     }
     return {
@@ -275,13 +281,14 @@ def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champi
     accuracy where the reference calls tools, perplexity over every assistant turn."""
     from tunery.data.templates import as_text_tools, parse_tool_calls
     from tunery.evaluation.generation import conversation_turns, tool_call_metrics
-    from tunery.training.sft import generate_replies
+    from tunery.training.sft import generate_replies, stop_rate
 
     turns = conversation_turns(test, recipe.evaluation.generation_samples)
     budget = recipe.sft.generation_max_new_tokens
     step(f"generating {len(turns)} assistant turns of the test conversations (tuned and untuned model)")
-    answers = generate_replies(model, tokenizer, turns, budget)
-    base_answers = generate_replies(base, tokenizer, turns, budget)
+    penalty = recipe.sft.repetition_penalty
+    answers = generate_replies(model, tokenizer, turns, budget, repetition_penalty=penalty)
+    base_answers = generate_replies(base, tokenizer, turns, budget, repetition_penalty=penalty)
     # a turn that calls tools is scored on its text form (what a template without tools is trained on)
     references = [
         as_text_tools({"messages": [t["turn"]], "tools": []})["messages"][0]["content"] for t in turns
@@ -291,7 +298,12 @@ def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champi
     def scored(replies: list[str], perplexity_of) -> dict:
         calls = [parse_tool_calls(reply)[1] for reply in replies]
         tools = tool_call_metrics(reference_turns, calls)
-        return {**generation_metrics(references, replies), **(tools or {}), "perplexity": perplexity_of}
+        return {
+            **generation_metrics(references, replies),
+            **(tools or {}),
+            "stop_rate": stop_rate(replies),
+            "perplexity": perplexity_of,
+        }
 
     step(f"perplexity on {len(test)} test conversations (tuned and untuned model)")
     tuned = scored(answers, perplexity(model, tokenizer, test, recipe))
@@ -300,7 +312,14 @@ def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champi
         next((m["content"] for m in reversed(t["messages"]) if m["role"] == "user"), "") for t in turns
     ]
     pd.DataFrame(
-        {"user": last_user, "reference": references, "answer": answers, "untuned_answer": base_answers}
+        {
+            "user": last_user,
+            "reference": references,
+            "answer": answers,
+            "answer_stopped": [a.stopped for a in answers],
+            "untuned_answer": base_answers,
+            "untuned_stopped": [a.stopped for a in base_answers],
+        }
     ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
     return {
         "model": tuned,

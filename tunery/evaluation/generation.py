@@ -4,6 +4,7 @@ the answer tokens."""
 import math
 import re
 
+import numpy as np
 import pandas as pd
 
 from tunery.config import Recipe
@@ -79,6 +80,35 @@ def perplexity(model, tokenizer, frame: pd.DataFrame, recipe: Recipe) -> float:
     return math.exp(total_loss / max(total_tokens, 1))
 
 
+def row_losses(model, tokenizer, frame: pd.DataFrame, recipe: Recipe) -> np.ndarray:
+    """Per row: summed cross-entropy over its answer tokens and their number (shape ``(rows, 2)``), the
+    same examples :func:`perplexity` scores. Rows without a scorable example get ``(0, 0)``."""
+    import torch
+
+    from tunery.training.sft import SftCollator, encode_rows
+
+    per_row = encode_rows(frame, tokenizer, recipe.model.max_length, recipe.sft.system_prompt)
+    owners = [row for row, examples in enumerate(per_row) for _ in examples]
+    examples = [example for examples in per_row for example in examples]
+    collate = SftCollator(tokenizer.pad_token_id)
+    out = np.zeros((len(frame), 2), dtype=np.float64)
+    size = recipe.training.eval_batch_size
+    with torch.inference_mode():
+        for start in range(0, len(examples), size):
+            batch = collate(examples[start : start + size])
+            labels = batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+            ).sum(dim=1)
+            tokens = (target != -100).sum(dim=1)
+            for k, owner in enumerate(owners[start : start + size]):
+                out[owner, 0] += float(loss[k])
+                out[owner, 1] += int(tokens[k])
+    return out
+
+
 def conversation_turns(test: pd.DataFrame, limit: int) -> list[dict]:
     """Up to ``limit`` assistant turns of the test conversations to generate (weight-0 turns are context):
     each with its ``messages`` before the turn, ``tools`` and the reference ``turn``."""
@@ -122,5 +152,5 @@ def tool_call_metrics(references: list[dict], calls: list[list[dict]]) -> dict |
     return {
         "tool_name_accuracy": names / len(pairs),
         "tool_call_accuracy": arguments / len(pairs),
-        "n": len(pairs),
+        "tool_call_turns": len(pairs),  # not "n": merged with the generation metrics, whose n is every turn
     }

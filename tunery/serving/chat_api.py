@@ -32,6 +32,7 @@ class ChatEngine:
         from transformers import AutoTokenizer
 
         from tunery.data.templates import end_of_turn_ids, tool_style
+        from tunery.layout import MODEL_META
         from tunery.training.export import load_exported
 
         self.name = name
@@ -39,6 +40,8 @@ class ChatEngine:
         self.model = load_exported(Path(model_dir), "sft").eval()
         self.style = tool_style(self.tokenizer)
         self.ends = end_of_turn_ids(self.tokenizer)  # generation stops at any of them
+        meta = json.loads((Path(model_dir) / MODEL_META).read_text(encoding="utf-8"))
+        self.repetition_penalty = float(meta.get("sft", {}).get("repetition_penalty", 1.0))  # as evaluated
         self.lock = threading.Lock()  # one generation at a time: the model is not shared across threads
 
     def prompt_ids(self, conversation: dict) -> list[int]:
@@ -63,6 +66,7 @@ class ChatEngine:
                 do_sample=sample,
                 temperature=temperature if sample else None,
                 top_p=top_p if sample else None,
+                repetition_penalty=self.repetition_penalty,
                 eos_token_id=sorted(self.ends),
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 streamer=streamer,

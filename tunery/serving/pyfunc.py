@@ -118,6 +118,7 @@ class InstructionModel(mlflow.pyfunc.PythonModel):
             max_new_tokens=int(
                 (params or {}).get("max_new_tokens", sft.get("generation_max_new_tokens", 128))
             ),
+            repetition_penalty=float(sft.get("repetition_penalty", 1.0)),
         )
         return pd.DataFrame({"answer": answers})
 
@@ -152,7 +153,10 @@ class ChatModel(InstructionModel):
         budget = (params or {}).get(
             "max_new_tokens", self._meta.get("sft", {}).get("generation_max_new_tokens", 128)
         )
-        replies = generate_replies(self._model, self._tokenizer, turns, int(budget))
+        penalty = float(self._meta.get("sft", {}).get("repetition_penalty", 1.0))
+        replies = generate_replies(
+            self._model, self._tokenizer, turns, int(budget), repetition_penalty=penalty
+        )
         parsed = [parse_tool_calls(reply) for reply in replies]
         return pd.DataFrame(
             {

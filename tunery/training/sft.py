@@ -279,6 +279,17 @@ def _encode_split(
     return examples, skipped
 
 
+def encode_rows(
+    frame: pd.DataFrame, tokenizer, max_length: int, system_prompt: str | None
+) -> list[list[dict]]:
+    """The evaluation examples of each row, in row order (a conversation may give several; a row that
+    cannot be encoded within ``max_length`` gives none): for per-row losses such as the forgetting check's
+    perplexity."""
+    return [
+        _encode_split(frame.iloc[[i]], tokenizer, max_length, system_prompt)[0] for i in range(len(frame))
+    ]
+
+
 def _split_stats(rows: int, examples: list[dict], sequences: list[dict], skipped: Counter) -> dict:
     tokens = sum(len(e["input_ids"]) for e in examples)
     label_tokens = sum(sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in examples)
@@ -343,7 +354,8 @@ def generate_answers(
     system_prompt: str | None,
     max_new_tokens: int,
     batch_size: int = 8,
-) -> list[str]:
+    repetition_penalty: float = 1.0,
+) -> list[Reply]:
     """Greedy answers to instruction rows, from the same chat prompt the model was trained on.
 
     Args:
@@ -353,24 +365,57 @@ def generate_answers(
         system_prompt: system message, or None.
         max_new_tokens: most tokens generated per answer.
         batch_size: prompts generated together.
+        repetition_penalty: ``sft.repetition_penalty`` (1.0: off).
 
     Returns:
-        One answer per row, in row order: only the generated text, special tokens removed.
+        One answer per row, in row order: only the generated text, special tokens removed (each a
+        :class:`Reply`, which says whether it stopped by itself).
     """
     prompts = [
         _render(tokenizer, build_messages(str(i), str(x or ""), system_prompt), generation_prompt=True)
         for i, x in zip(rows["instruction"], rows["input"], strict=True)
     ]
-    answers: list[str] = []
+    answers: list[Reply] = []
     for start in range(0, len(prompts), batch_size):
-        answers += _generate_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
+        batch = prompts[start : start + batch_size]
+        answers += _generate_batch(model, tokenizer, batch, max_new_tokens, repetition_penalty)
     return answers
 
 
-def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+class Reply(str):
+    """A generated answer (its text, special tokens removed) that also says whether generation stopped by
+    itself: an end-of-turn token came before the ``max_new_tokens`` budget cut it (``stopped``)."""
+
+    stopped: bool
+
+    def __new__(cls, text: str, stopped: bool) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.stopped = stopped
+        return reply
+
+
+def stop_rate(replies: list[str]) -> float | None:
+    """Share of replies that ended by themselves (None when no reply carries the information)."""
+    known = [reply.stopped for reply in replies if isinstance(reply, Reply)]
+    return float(sum(known) / len(known)) if known else None
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    """The template's end-of-turn tokens (as in serving) and the model's own eos ids."""
+    from tunery.data.templates import end_of_turn_ids
+
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = [configured] if isinstance(configured, int) else list(configured or [])
+    return sorted(end_of_turn_ids(tokenizer) | set(configured))
+
+
+def _generate_batch(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, repetition_penalty: float = 1.0
+) -> list[Reply]:
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ends = _stop_ids(model, tokenizer)
     encoded = [_ids(tokenizer, prompt) for prompt in prompts]
     longest = max(len(ids) for ids in encoded)
     # Left padding (done here, not by flipping the shared tokenizer's padding_side): every prompt then
@@ -384,15 +429,26 @@ def _generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int) -
             attention_mask=torch.tensor(attention_mask, device=model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            repetition_penalty=repetition_penalty,
             pad_token_id=pad_id,
+            **({"eos_token_id": ends} if ends else {}),
         )
-    new_tokens = out[:, longest:]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    new_tokens = out[:, longest:].tolist()
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [
+        Reply(text.strip(), stopped=any(token in ends for token in tokens))
+        for text, tokens in zip(texts, new_tokens, strict=True)
+    ]
 
 
 def generate_replies(
-    model, tokenizer, turns: list[dict], max_new_tokens: int, batch_size: int = 8
-) -> list[str]:
+    model,
+    tokenizer,
+    turns: list[dict],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    repetition_penalty: float = 1.0,
+) -> list[Reply]:
     """Greedy assistant replies to conversation prefixes (``messages`` and ``tools`` of
     ``tunery.evaluation.generation.conversation_turns``), prompted exactly as training saw them."""
     from tunery.data.templates import prepared, tool_style
@@ -404,7 +460,8 @@ def generate_replies(
         prompts.append(
             tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         )
-    answers: list[str] = []
+    answers: list[Reply] = []
     for start in range(0, len(prompts), batch_size):
-        answers += _generate_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
+        batch = prompts[start : start + batch_size]
+        answers += _generate_batch(model, tokenizer, batch, max_new_tokens, repetition_penalty)
     return answers
