@@ -130,7 +130,7 @@ def test_digest_changes_with_content(tmp_path):
         (["task=sft", "training.early_stopping_metric=macro_f1"], "must be 'loss' for task sft"),
         (["sft.packing=true"], "only applies to task sft"),
         (["distributed.hostfile=hosts"], "needs a DeepSpeed config"),
-        (["task=sft", "continuous.warm_start=base"], "supports task classification only"),
+        (["continuous.forgetting_metric=perplexity"], "needs task sft"),
         (["continuous.drift.action=ignore"], "continuous.drift.action"),
         (["continuous.drift.auc_threshold=0.4"], "continuous.drift.auc_threshold"),
     ],

@@ -179,6 +179,15 @@ class SftConfig(Section):
     packing: bool = Field(False, description="Pack several examples into each sequence (no padding).")
     system_prompt: str | None = Field(None, description="System message added to every conversation.")
     generation_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per evaluation answer.")
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description=(
+            "Penalty on tokens already in the prompt or answer when generating (evaluation and serving; "
+            "1.0: off). Small models that loop under greedy decoding (`9999...`) usually stop with 1.1."
+        ),
+    )
 
 
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall")
@@ -312,11 +321,21 @@ class ContinuousConfig(Section):
     warm_start: Literal["champion", "base"] = Field(
         "champion", description="Start each retrain from the champion's weights, or from `model.base`."
     )
+    forgetting_metric: Literal["auto", "perplexity", "rouge_l"] = Field(
+        "auto",
+        description=(
+            "Metric of the forgetting check on earlier drops' test rows. auto: the gate's primary metric "
+            "(classification), perplexity (sft). sft may choose rouge_l (generates replies: slower)."
+        ),
+    )
     forgetting_margin: float = Field(
         0.02,
         ge=0.0,
         le=1.0,
-        description="Gate: no earlier drop's test rows may score lower than the champion by more than this.",
+        description=(
+            "Gate: no earlier drop's test rows may score worse than the champion by more than this: an "
+            "absolute drop of the metric, or for perplexity a relative rise (0.02 = 2% higher)."
+        ),
     )
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
@@ -365,8 +384,15 @@ class Recipe(Section):
             raise ValueError("`sft.packing` only applies to task sft")
         if self.task != "sft" and self.data.conversation is not None:
             raise ValueError("`data.conversation` (conversation data) needs `task: sft`")
-        if self.continuous is not None and self.task != "classification":
-            raise ValueError("`continuous` (learning from data drops) supports task classification only")
+        if (
+            self.continuous is not None
+            and self.task == "classification"
+            and self.continuous.forgetting_metric in ("perplexity", "rouge_l")
+        ):
+            raise ValueError(
+                f"`continuous.forgetting_metric: {self.continuous.forgetting_metric}` needs task sft "
+                "(classification checks forgetting on the gate's primary metric: use auto)"
+            )
         if self.distributed.hostfile and ds == "none":
             raise ValueError(
                 "`distributed.hostfile` (multi-node) needs a DeepSpeed config in `distributed.deepspeed`"
