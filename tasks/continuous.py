@@ -167,19 +167,13 @@ def warm_start(recipe: Recipe, run_dir: str) -> Recipe:
 @task(name="check-forgetting", retries=1, retry_delay_seconds=5)
 def check_forgetting(recipe: Recipe, run_dir: str) -> dict:
     """Compare the model with the champion on each earlier drop's test rows (the gate reads the result)."""
-    result = forgetting.forgetting_check(recipe, RunLayout(Path(run_dir)))
+    layout = RunLayout(Path(run_dir))
+    # sft scores the champion's own weights (perplexity, replies); classification its stored predictions
+    champion_dir = registry.evaluated_champion_dir(recipe, layout) if recipe.task == "sft" else None
+    result = forgetting.forgetting_check(recipe, layout, champion_dir)
     logger = get_run_logger()
     for drop_id, block in result["slices"].items():
-        logger.info(
-            "drop %s test rows (%d): %s %+.4f vs champion, CI [%+.4f, %+.4f]%s",
-            drop_id,
-            block["rows"],
-            result["metric"],
-            block["delta"],
-            block["ci_low"],
-            block["ci_high"],
-            "  FORGOTTEN" if block["forgotten"] else "",
-        )
+        logger.info("drop %s: %s", drop_id, forgetting.describe(result["metric"], block))
     if result["forgotten"]:
         logger.warning("the model forgot earlier drop(s) %s: it will not be promoted", result["forgotten"])
     return result

@@ -375,11 +375,20 @@ def warm_start(recipe: Recipe, layout: RunLayout) -> tuple[Recipe, str]:
         return recipe, f"no champion yet: training starts from the base model {recipe.model.base}"
     folder = download_model_dir(recipe, version, layout.root / "warm_start")
     meta = json.loads((folder / MODEL_META).read_text(encoding="utf-8"))
-    labels = label_list(recipe, pd.read_parquet(layout.split("train")))
     if meta.get("export_format") == "adapter":
         return recipe, (
             f"champion version {version} is an adapter export ({meta.get('method')}): its virtual tokens "
             f"cannot seed a new model, training starts from the base model {recipe.model.base}"
+        )
+    labels = (
+        label_list(recipe, pd.read_parquet(layout.split("train")))
+        if recipe.task == "classification"
+        else None
+    )
+    if meta.get("task", recipe.task) != recipe.task:
+        return recipe, (
+            f"champion version {version} is a {meta.get('task')} model, this recipe's task is {recipe.task}: "
+            f"training starts from the base model {recipe.model.base}"
         )
     if recipe.task == "classification" and meta.get("labels") != labels:
         return recipe, (
@@ -388,6 +397,16 @@ def warm_start(recipe: Recipe, layout: RunLayout) -> tuple[Recipe, str]:
         )
     warm = recipe.model_copy(update={"model": recipe.model.model_copy(update={"init_from": str(folder)})})
     return warm, f"warm start from champion version {version} ({folder})"
+
+
+def evaluated_champion_dir(recipe: Recipe, layout: RunLayout) -> Path | None:
+    """The model folder of the champion this run was evaluated against (``champion_version`` in
+    ``eval/metrics.json``), downloaded into ``<run>/champion`` (None when there was no champion)."""
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    version = metrics.get("champion_version") if metrics.get("champion") else None
+    if version is None:
+        return None
+    return download_model_dir(recipe, str(version), layout.root / "champion")
 
 
 def download_model_dir(recipe: Recipe, version: str, target: Path) -> Path:

@@ -212,3 +212,26 @@ def test_markdown_mentions_each_measure_and_the_verdict(reports):
             assert f"| {measure} |" in text
     assert "**drifted** (action: warn)" in drifted and "- high: two-sample AUC" in drifted
     assert "not drifted" in calm and "**yes**" not in calm
+
+
+def test_sft_rows_drift_on_their_prompts_with_no_label_measure(tmp_path):
+    """Conversations drift on their first user turns, instruction rows on instruction + input; with no
+    labels there is no label PSI (nor its plot), and the other measures still judge the drop."""
+    from tunery.continual.continuous import drift_side
+
+    asks = [f"How do I reset the password of account {k}?" for k in range(60)]
+    other = [f"Write a poem about the colour number {k} of the rainbow." for k in range(60)]
+    conversations = pd.DataFrame(
+        {"prompt": asks, "conversation": "{}", "text": [a + " answer" for a in asks], "label": ""}
+    )
+    side = drift_side(conversations)
+    assert side["text"].tolist() == asks and set(side["label"]) == {""}
+    instructions = pd.DataFrame({"instruction": other, "input": ["", "ctx"] * 30, "output": "x", "label": ""})
+    assert drift_side(instructions)["text"].tolist()[:2] == [other[0], other[1] + "\nctx"]
+    labelled = pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"], "row": [1, 2]})
+    assert drift_side(labelled).columns.tolist() == ["text", "label"]
+
+    report = drift_report(side, drift_side(instructions), DriftConfig(), tmp_path)
+    assert "label" not in report and not (tmp_path / "labels.png").exists()
+    assert report["drifted"] and any("two-sample AUC" in line for line in report["high"])
+    assert "label PSI" not in drift_markdown(report) and "length PSI" in drift_markdown(report)

@@ -40,12 +40,6 @@ def _near_threshold(recipe: Recipe) -> float | None:
     return recipe.cleaning.near_duplicate_threshold if recipe.cleaning.near_duplicates else None
 
 
-def _tokenizer(recipe: Recipe) -> str | None:
-    from tunery.models import resolve_model
-
-    return resolve_model(recipe.model.base) if recipe.cleaning.max_tokens else None
-
-
 def reconcile(manifest: Manifest, dataset: DropDataset) -> list[str]:
     """Mark drops of the latest version committed where a crash left them pending (call under the lock)."""
     latest = dataset.latest()
@@ -93,7 +87,7 @@ def update_dataset(recipe: Recipe, owner: str) -> dict:
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
             out = dataset.root / "drift" / stamp
             report = drift.drift_report(
-                _side(dataset.rows(latest)), _new_rows(dataset, staged), recipe.continuous.drift, out
+                drift_side(dataset.rows(latest)), _new_rows(dataset, staged), recipe.continuous.drift, out
             )
             result["drift"], result["drift_dir"] = report, str(out)
             action = recipe.continuous.drift.action if report["drifted"] else "commit"
@@ -157,14 +151,25 @@ def _kept_rows(dataset: DropDataset, drop_id: str) -> int:
     return int(json.loads((dataset.drop_dir(drop_id) / "report.json").read_text(encoding="utf-8"))["kept"])
 
 
-def _side(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[["text", "label"]] if len(rows) else pd.DataFrame({"text": [], "label": []})
+def drift_side(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows as the drift measures read them (``text``, ``label``). sft data drifts on its prompts: the
+    first user turn of a conversation, the instruction and input of an instruction row (no label)."""
+    if not len(rows):
+        return pd.DataFrame({"text": [], "label": []})
+    if "prompt" in rows.columns:
+        prompts = rows["prompt"].astype(str)
+    elif "instruction" in rows.columns:
+        prompts = (rows["instruction"].astype(str) + "\n" + rows["input"].fillna("").astype(str)).str.strip()
+    else:
+        return rows[["text", "label"]].reset_index(drop=True)
+    return pd.DataFrame({"text": prompts.to_numpy(), "label": ""})
 
 
 def _new_rows(dataset: DropDataset, drops: list[Drop]) -> pd.DataFrame:
-    return pd.concat(
-        [pd.read_parquet(dataset.drop_dir(d.id) / "rows.parquet", columns=["text", "label"]) for d in drops],
-        ignore_index=True,
+    return drift_side(
+        pd.concat(
+            [pd.read_parquet(dataset.drop_dir(d.id) / "rows.parquet") for d in drops], ignore_index=True
+        )
     )
 
 
@@ -179,15 +184,15 @@ def _stage_all(
     """Stage each pending drop in arrival order; unreadable ones are marked failed with the reason."""
     if not pending:
         return []
-    from tunery.data.stages import data_kind
+    from tunery.data.stages import clean_settings, data_kind
 
     history = dataset.history(latest, _near_threshold(recipe))
     history_version = latest["version"] if latest else None
-    tokenizer = _tokenizer(recipe)
+    tokenizer, settings = clean_settings(recipe)
     staged = []
     for drop in pending:
         try:
-            dataset.stage(recipe, drop, history, data_kind(recipe), tokenizer, history_version)
+            dataset.stage(recipe, drop, history, data_kind(recipe), tokenizer, history_version, settings)
         except (DataError, QuarantineLimitExceeded, UnicodeDecodeError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             manifest.set_status([drop.id], "failed", detail=reason)

@@ -206,7 +206,7 @@ def classifier_two_sample_test(
 def _high(report: dict, cfg: DriftConfig) -> list[str]:
     """A readable line per measure above its threshold (PSIs net of their sampling noise)."""
     checks = [
-        ("label PSI", report["label"]["excess"], cfg.psi_threshold),
+        ("label PSI", report["label"]["excess"] if "label" in report else None, cfg.psi_threshold),
         ("length PSI", report["length"]["excess"], cfg.psi_threshold),
         ("vocabulary PSI", report["vocabulary"]["excess"], cfg.vocabulary_psi_threshold),
         ("two-sample AUC", report["two_sample"]["auc"], cfg.auc_threshold),
@@ -295,7 +295,8 @@ def drift_report(history: pd.DataFrame, new: pd.DataFrame, cfg: DriftConfig, out
     """All four drift measures of a drop against its history, with plots and out_dir/drift.json.
 
     Args:
-        history: the rows already trained on (`text`, `label`); empty for the first drop.
+        history: the rows already trained on (`text`, `label`); empty for the first drop. sft data: the
+            prompts as `text` and an empty `label` (no label measure then).
         new: the drop (`text`, `label`).
         cfg: thresholds, sampling bound, seed and the action to take on high drift.
         out_dir: created; receives drift.json, labels.png, lengths.png and vocabulary.png.
@@ -325,6 +326,7 @@ def drift_report(history: pd.DataFrame, new: pd.DataFrame, cfg: DriftConfig, out
     new = new.sample(n=min(len(new), cfg.max_rows), random_state=cfg.seed)
     h_texts, n_texts = history["text"].astype(str).tolist(), new["text"].astype(str).tolist()
     report = {**base, "sampled_rows": {"history": len(history), "new": len(new)}}
+    labelled = bool((history["label"].astype(str) != "").any() or (new["label"].astype(str) != "").any())
     measures = {
         "label": lambda h, n: label_psi(h["label"].astype(str), n["label"].astype(str)),
         "length": lambda h, n: length_psi(h["text"].astype(str).tolist(), n["text"].astype(str).tolist()),
@@ -332,6 +334,8 @@ def drift_report(history: pd.DataFrame, new: pd.DataFrame, cfg: DriftConfig, out
             h["text"].astype(str).tolist(), n["text"].astype(str).tolist()
         ),
     }
+    if not labelled:
+        del measures["label"]
     for name, measure in measures.items():
         psi, summary = measure(history, new)
         noise = sampling_noise(measure, history, len(new), cfg.seed)
@@ -340,7 +344,7 @@ def drift_report(history: pd.DataFrame, new: pd.DataFrame, cfg: DriftConfig, out
     report["high"] = _high(report, cfg)
     report["drifted"] = bool(report["high"])
     report["plots"] = [
-        str(plot_labels(report["label"], out_dir / "labels.png")),
+        *([str(plot_labels(report["label"], out_dir / "labels.png"))] if labelled else []),
         str(plot_lengths(h_texts, n_texts, report["length"]["psi"], out_dir / "lengths.png")),
         str(plot_vocabulary(report["vocabulary"], out_dir / "vocabulary.png")),
     ]
@@ -356,7 +360,7 @@ def drift_markdown(report: dict) -> str:
     limits = report["thresholds"]
     two = report["two_sample"]
     measures = [
-        ("label PSI", report["label"], limits["psi"]),
+        *([("label PSI", report["label"], limits["psi"])] if "label" in report else []),
         ("length PSI", report["length"], limits["psi"]),
         ("vocabulary PSI", report["vocabulary"], limits["vocabulary_psi"]),
     ]

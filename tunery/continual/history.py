@@ -131,11 +131,15 @@ class DropDataset:
         kind: str,
         tokenizer: str | None,
         history_version: int | None,
+        settings: dict | None = None,
     ) -> dict:
         """Ingest, clean and dedup one drop against ``history`` into its folder; add it to ``history``.
 
         ``history_version`` is the dataset version ``history`` was read from (recorded in the report: a drop
-        held for a decision is staged again if the dataset moved on meanwhile).
+        held for a decision is staged again if the dataset moved on meanwhile). ``tokenizer`` and
+        ``settings`` are cleaning's (``tunery.data.stages.clean_settings``). Conversations take their split
+        from their first user turn, so that a later drop's conversation opening with the same request
+        lands in the same split.
 
         Returns:
             The drop's report (row accounting; ``rows_in == kept + quarantined + deduplicated``; ``seconds``
@@ -161,12 +165,15 @@ class DropDataset:
         work.mkdir(parents=True)
         try:
             clock = time.perf_counter()
-            cleaned = clean(ingested, recipe.cleaning, recipe.data.labels, work / ".arrow", tokenizer)
+            cleaned = clean(
+                ingested, recipe.cleaning, recipe.data.labels, work / ".arrow", tokenizer, settings
+            )
             seconds["clean"] = time.perf_counter() - clock
             clock = time.perf_counter()
             kept, not_kept, stats, signatures = _dedup_against(cleaned.kept, history, drop.id)
+            prompts = kept["prompt"].tolist() if "prompt" in kept.columns else None
             kept["split"] = assign(
-                cluster_buckets(kept["text"].tolist(), recipe.split.seed, None), recipe.split
+                cluster_buckets(kept["text"].tolist(), recipe.split.seed, None, prompts), recipe.split
             )
             seconds["dedup_split"] = time.perf_counter() - clock
             clock = time.perf_counter()

@@ -39,21 +39,28 @@ def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
     return layout.ingested
 
 
+def clean_settings(recipe: Recipe) -> tuple[str | None, dict | None]:
+    """What cleaning needs besides the cleaning section: the tokenizer (for ``cleaning.max_tokens``, and
+    for conversations, which are checked against the model's template and fitted to its ``max_length``)
+    and the conversation settings (None for other data)."""
+    from tunery.models import resolve_model
+
+    conversational = recipe.data.conversation is not None
+    tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens or conversational else None
+    if not conversational:
+        return tokenizer, None
+    return tokenizer, {
+        "max_length": recipe.model.max_length,
+        "too_long": recipe.data.conversation.too_long,
+        "consecutive_user": recipe.data.conversation.allow_consecutive_user,
+    }
+
+
 def clean_stage(recipe: Recipe, layout: RunLayout, ingested: Path | None = None) -> Path:
     """Clean ingested rows into ``clean.parquet``; every row not kept goes to ``quarantine.jsonl``.
 
     ``ingested`` defaults to this run's file; it may be an earlier run's (a cached ingest)."""
-    from tunery.models import resolve_model
-
-    conversational = recipe.data.conversation is not None  # checked and fitted on the model's template
-    tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens or conversational else None
-    settings = None
-    if conversational:
-        settings = {
-            "max_length": recipe.model.max_length,
-            "too_long": recipe.data.conversation.too_long,
-            "consecutive_user": recipe.data.conversation.allow_consecutive_user,
-        }
+    tokenizer, settings = clean_settings(recipe)
     cache = layout.data_dir / ".arrow"
     cache.mkdir(parents=True, exist_ok=True)
     rows = pd.read_parquet(ingested or layout.ingested)
