@@ -3,9 +3,10 @@
 The peer an LLM team would pick: TRL's ``SFTTrainer`` (the version pinned in requirements/constraints.txt),
 given a conversational ``messages`` dataset and left at its defaults (no packing, padding to the longest
 example of each batch, loss on every token, and on this machine bf16 autocast and gradient checkpointing,
-which SFTConfig turns on by itself; ``use_cpu`` is set where there is no GPU, as TRL asks). tunery: ``tunery.training.loop.train`` on a run folder whose splits hold
-the same conversations in tunery's canonical form, with packing on (``sft.packing``: several conversations
-per sequence, attention never crossing them) and loss on the assistant turns.
+which SFTConfig turns on by itself; ``use_cpu`` is set where there is no GPU, as TRL asks). tunery:
+``tunery.training.loop.train`` on a run folder whose splits hold the same conversations in tunery's
+canonical form, with packing on (``sft.packing``: several conversations per sequence, attention never
+crossing them) and loss on the assistant turns.
 
 Shared by both, nothing else: the packaged SmolLM2-135M-Instruct, LoRA (r, alpha, dropout, target modules),
 the data (real LLaMA-Factory conversations from ``../shared/data/llama_factory/kto_en_demo.json``, only
@@ -44,15 +45,15 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import hostinfo
+import workers
+from workers import step_clock
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
@@ -180,37 +181,11 @@ def token_counter(pad_id: int) -> Any:
     return TokenCounter()
 
 
-def step_clock() -> Any:
-    """A Trainer callback adding up the time inside optimiser steps (``.seconds``)."""
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds, self._began = 0.0, None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._began = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self._began is not None:
-                self.seconds += time.perf_counter() - self._began
-                self._began = None
-
-    return StepClock()
-
-
 def model_path() -> str:
     """The packaged SmolLM2 as a local folder (converted from its GGUF once, then cached)."""
     from tunery.models import resolve_model
 
     return resolve_model(MODEL)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
 
 
 def _scored(model, tokenizer, test, recipe) -> float:
@@ -325,7 +300,11 @@ def worker_main(args: argparse.Namespace) -> None:
     import tunery.training.loop  # noqa: F401
 
     result = run_tunery(args) if args.worker == "tunery" else run_trl(args)
-    result |= {"seed": args.seed, "peak_rss_mb": _peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+    result |= {
+        "seed": args.seed,
+        "peak_rss_mb": workers.peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+    }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -349,22 +328,6 @@ def worker_command(args: argparse.Namespace, kind: str, workdir: Path, seed: int
     for key, value in settings.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     return command
-
-
-def run_worker(command: list[str], verbose: bool) -> dict[str, Any]:
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    if verbose:
-        sys.stderr.write(proc.stdout + proc.stderr)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        raise RuntimeError(f"worker failed (exit {proc.returncode}): {shlex.join(command)}\n{tail}")
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -442,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             for kind in order:
                 print(f"repeat {repeat + 1}/{args.repeats}: {kind} ...", flush=True)
                 command = worker_command(args, kind, workdir / f"{kind}-{repeat}", args.seed + repeat)
-                runs[kind].append(run_worker(command, args.verbose))
+                runs[kind].append(workers.run_worker(command, RESULT_PREFIX, args.verbose))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     configs = {name: summarise(found) for name, found in runs.items()}

@@ -45,7 +45,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hostinfo
+import workers
+from workers import step_clock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,42 +140,9 @@ def load_data(data_dir: Path, train_samples: int, dev_rows: int | None, seed: in
 # --------------------------------------------------------------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    import resource
-
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
-
-
 def _trained_samples(rows: int, epochs: float, max_steps: int, batch_size: int) -> float:
     """How many examples the schedule feeds to the model (what the wall-clock samples/s divides)."""
     return max_steps * batch_size if max_steps > 0 else rows * epochs
-
-
-def step_clock() -> Any:
-    """A Trainer callback that adds up the time spent inside optimiser steps (``.seconds``).
-
-    A step runs from ``on_step_begin`` to ``on_step_end``: forward, backward, clipping and the optimiser
-    update. Fetching and collating the batch comes before it, logging, evaluation and checkpoint saves after
-    it, so ``wall_s - step_s`` is what the training loop spent outside the steps.
-    """
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.seconds = 0.0
-            self._began: float | None = None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._began = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self._began is not None:
-                self.seconds += time.perf_counter() - self._began
-                self._began = None
-
-    return StepClock()
 
 
 def _step_figures(clock: Any, trained: float, wall: float) -> dict[str, float | None]:
@@ -376,7 +344,7 @@ def worker_main(args: argparse.Namespace) -> None:
     import tunery.training.loop  # noqa: F401
 
     result = run_baseline(args) if args.worker == "baseline" else run_tunery(args, args.worker)
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = workers.peak_rss_mb()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -410,20 +378,8 @@ def worker_command(args: argparse.Namespace, kind: str, workdir: Path, **overrid
 
 
 def run_worker(command: list[str], verbose: bool) -> dict[str, Any]:
-    """Run one worker to completion and return the JSON it printed; fail with its log tail otherwise."""
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-    if verbose:
-        sys.stderr.write(proc.stdout + proc.stderr)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        raise RuntimeError(f"worker failed (exit {proc.returncode}): {shlex.join(command)}\n{tail}")
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+    """Run one worker to completion and return the JSON it printed."""
+    return workers.run_worker(command, RESULT_PREFIX, verbose)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
