@@ -204,10 +204,3 @@ def flow_run_messages(flow_run_id) -> list[str]:
             logs += page
     return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
 
-
-def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests (real training jobs and servers) run first, in their usual order, then the
-    rest. With two xdist workers (`make test`, ``--dist loadfile``), the long modules start early and the
-    many short ones fill the gaps, instead of one long module running alone at the end."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)  # stable: order kept within
