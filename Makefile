@@ -42,10 +42,10 @@ system-deps:
 	  $$SUDO apt-get install -y -qq $$missing || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; }; \
 	fi
 
-# two pytest-xdist workers, one test module each at a time (module fixtures stay whole): the suite waits on
-# servers and process start-up for much of its time, so two workers fit on two cores (32 min vs ~41 serial)
+# one process: `pytest -n 2 --dist loadfile` (pytest-xdist, pinned) took 32-34 min instead of ~41, but
+# tests/data/test_cache.py's forked concurrent runs failed under it in 2 of 3 runs (not yet fixed)
 test: setup system-deps
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 # the inner loop: unit tests only (no real servers, no training jobs, no real data sets), a few minutes
 test-fast: setup
