@@ -43,7 +43,7 @@ system-deps:
 	fi
 
 # one process: `pytest -n 2 --dist loadfile` (pytest-xdist, pinned) took 32-34 min instead of ~41, but
-# tests/data/test_cache.py's forked concurrent runs failed under it in 2 of 3 runs (not yet fixed)
+# tests/data/test_cache.py's forked concurrent runs failed under it in 1 of 2 full runs (not yet fixed)
 test: setup system-deps
 	$(BIN)/python -m pytest
 
