@@ -203,4 +203,3 @@ def flow_run_messages(flow_run_id) -> list[str]:
             )
             logs += page
     return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
-
