@@ -82,16 +82,18 @@ def _record_many(workdir: str, writer: int, count: int) -> None:
 
 
 def test_concurrent_runs_sharing_a_workdir_lose_no_index_entry(tmp_path):
-    # four real processes record 40 entries each into one index at the same time (runs sharing a workdir)
+    # four real processes record 40 entries each into one index at the same time (runs sharing a workdir).
+    # Spawned, not forked: a fork copies the test process's threads' locks (pytest-xdist runs an execnet
+    # I/O thread), and a child could start with one held and hang.
     import multiprocessing
 
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     writers = [ctx.Process(target=_record_many, args=(str(tmp_path), w, 40)) for w in range(4)]
     for p in writers:
         p.start()
     for p in writers:
         p.join(timeout=120)
-        assert p.exitcode == 0
+    assert [p.exitcode for p in writers] == [0, 0, 0, 0]
     index = json.loads(cache.StageIndex(tmp_path).path.read_text(encoding="utf-8"))
     assert len(index) == 160  # a read-modify-write race would drop some
     assert index[f"clean:{3:02d}{39:062d}"]["outputs"] == ["/out/3/39"]

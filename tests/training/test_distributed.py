@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -39,7 +40,9 @@ def test_zero2_two_processes_trains_and_loss_is_not_scaled(tiny_bert, tmp_path):
     layout = write_splits(tmp_path / "two")
     lines_2 = run(double, layout)
 
-    assert any("deepspeed.launcher.runner" in line and "--num_gpus 2" in line for line in lines_2)
+    # DeepSpeed's launcher started the job and spawned both ranks
+    assert any("-m deepspeed.launcher.launch --world_info=" in line for line in lines_2)
+    assert any("dist_world_size=2" in line for line in lines_2)
     summary = json.loads((layout.train_dir / "metrics.json").read_text())
     assert summary["world_size"] == 2 and summary["global_steps"] == 12
     one, two = logged_losses(lines_1), logged_losses(lines_2)
@@ -64,12 +67,21 @@ def test_rendered_deepspeed_config_fills_auto_from_the_recipe(tiny_bert, tmp_pat
     assert config["bf16"]["enabled"] is False and config["fp16"]["enabled"] is False
     assert config["zero_optimization"]["stage"] == 3
     assert config["train_batch_size"] == "auto", "the world size is only known to the launched job"
+    worker = ["--module", "tunery.training.worker", str(tmp_path / "job.json")]
     cmd = build_command(recipe, tmp_path / "job.json", 29500)
-    assert cmd[2:4] == ["-m", "deepspeed.launcher.runner"] and cmd[-3:] == [
-        "--module",
-        "tunery.training.worker",
-        str(tmp_path / "job.json"),
-    ]
+    # one machine: DeepSpeed's per-node launcher with the runner's world {"localhost": [0]}
+    assert cmd[2:4] == ["-m", "deepspeed.launcher.launch"] and cmd[-3:] == worker
+    world = next(a for a in cmd if a.startswith("--world_info="))
+    assert json.loads(base64.urlsafe_b64decode(world.split("=", 1)[1])) == {"localhost": [0]}
+    assert "--master_port=29500" in cmd and "--no_local_rank" in cmd
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("node-a slots=2\nnode-b slots=2\n")
+    several = recipe.model_copy(
+        update={"distributed": recipe.distributed.model_copy(update={"hostfile": str(hosts)})}
+    )
+    cmd = build_command(several, tmp_path / "job.json", 29500)
+    assert cmd[2:4] == ["-m", "deepspeed.launcher.runner"] and cmd[-3:] == worker
+    assert cmd[cmd.index("--hostfile") + 1] == str(hosts)
 
 
 def test_failing_job_reports_the_tail_of_its_log(tiny_bert, tmp_path):

@@ -188,7 +188,7 @@ def test_wheel_installed_outside_the_checkout_runs_a_two_process_job(tiny_bert, 
 
     (launcher,) = [line for line in lines if line.startswith("tunery: launching ")]
     assert launcher.split()[2] == str(python), launcher
-    assert "-m deepspeed.launcher.runner" in launcher and "--module tunery.training.worker" in launcher
+    assert "-m deepspeed.launcher.launch" in launcher and "--module tunery.training.worker" in launcher
     # DeepSpeed's per-node launcher started each rank as `<venv python> -u -m tunery.training.worker SPEC`
     spawned = [line for line in lines if "spawned with command:" in line]
     assert len(spawned) == 2, lines[:40]
