@@ -1,0 +1,337 @@
+"""Preference data: one canonical shape for every paired and unpaired preference format tunery reads, and
+the checks that quarantine a pair a preference objective cannot learn from.
+
+The canonical pair is TRL's conversational preference shape (explicit prompt), with tools beside it::
+
+    {"prompt": [messages ending on a user turn], "chosen": [assistant (and tool) messages],
+     "rejected": [...], "tools": [...]}
+
+and the canonical unpaired row (KTO) replaces ``chosen``/``rejected`` by ``completion`` and a boolean
+``label`` (True: a desirable answer). Messages are the canonical messages of
+:mod:`tunery.data.conversations` (``role``, ``content``, ``tool_calls``, ``tool_call_id``, ``name``),
+without the SFT ``weight``: what a preference objective learns from is the answer after the prompt.
+
+Readers, one per format (:data:`FORMATS`), each building the two whole conversations and reading them
+with the conversation readers (so roles, tool calls and arguments are checked exactly as for SFT):
+
+- ``trl``: ``prompt``/``chosen``/``rejected``, either plain text (the prompt becomes one user turn, each
+  answer one assistant turn) or lists of messages; without a ``prompt`` column (TRL's implicit prompt)
+  ``chosen`` and ``rejected`` are whole conversations and the prompt is what precedes their answers;
+- ``openai``: OpenAI's preference fine-tuning rows, ``input`` (``messages``, ``tools``) with
+  ``preferred_output`` and ``non_preferred_output`` (lists of assistant messages);
+- ``sharegpt``: LLaMA-Factory's ranking rows, ``conversations`` (ShareGPT turns, with ``system`` and
+  ``tools`` columns) and one ShareGPT turn (or a list of them) in each of ``chosen`` and ``rejected``;
+- ``messages``: LLaMA-Factory's ``chosen_messages``/``rejected_messages``, two whole conversations whose
+  contents may be lists of typed parts (``{"type": "text", "value": ...}``) and carry a ``loss_weight``;
+- ``kto``: unpaired rows, ``messages`` (a whole conversation) or ``prompt``/``completion`` (text or
+  messages), with a boolean ``label``.
+
+A reader raises :class:`PreferenceError` with a reason of :data:`REASONS`; nothing is repaired silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from collections.abc import Mapping as MappingABC
+from typing import Any
+
+from tunery.data import conversations as conv
+
+FORMATS = ("trl", "openai", "sharegpt", "messages", "kto")
+PAIRED = ("trl", "openai", "sharegpt", "messages")
+
+REASONS = {
+    **conv.REASONS,
+    "chosen_equals_rejected": "the chosen and the rejected answers are the same",
+    "empty_side": "the chosen or the rejected answer (or the KTO completion) is empty",
+    "prompt_missing": "no user turn before the answer: there is no prompt",
+    "prompt_mismatch": "the chosen and the rejected conversations do not share their prompt",
+    "bad_label": "an unpaired (KTO) row's label is not true or false",
+    "too_long": "the prompt and the longer answer do not fit model.max_length tokens",
+}
+
+
+class PreferenceError(ValueError):
+    """A preference row tunery will not train on; ``reason`` is a key of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    """The preference format of a table with these columns."""
+    names = set(columns)
+    if {"chosen_messages", "rejected_messages"} <= names:
+        return "messages"
+    if {"input", "preferred_output", "non_preferred_output"} <= names:
+        return "openai"
+    if {"conversations", "chosen", "rejected"} <= names:
+        return "sharegpt"
+    if {"chosen", "rejected"} <= names:
+        return "trl"
+    if "label" in names and ("messages" in names or {"prompt", "completion"} <= names):
+        return "kto"
+    raise ValueError(
+        f"no preference format matches the columns {sorted(names)}: expected prompt/chosen/rejected (trl), "
+        "input/preferred_output/non_preferred_output (openai), conversations/chosen/rejected (sharegpt), "
+        "chosen_messages/rejected_messages, or messages (or prompt/completion) with a label (kto)"
+    )
+
+
+def read(record: MappingABC[str, Any], fmt: str) -> dict:
+    """The canonical pair (or, for ``kto``, unpaired row) of one record of format ``fmt``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown preference format {fmt!r}; one of {FORMATS}")
+    if not isinstance(record, MappingABC):
+        raise PreferenceError("not_a_conversation", "the record is not an object")
+    if fmt == "kto":
+        return _kto(record)
+    chosen, rejected = _READERS[fmt](record)
+    return pair_of(chosen, rejected)
+
+
+def pair_of(chosen: dict, rejected: dict) -> dict:
+    """The canonical pair of two whole canonical conversations that answer the same prompt."""
+    prompt_c, answer_c = _split(chosen, "chosen")
+    prompt_r, answer_r = _split(rejected, "rejected")
+    if prompt_c != prompt_r or chosen.get("tools", []) != rejected.get("tools", []):
+        where = "tools" if prompt_c == prompt_r else f"turn {_first_difference(prompt_c, prompt_r) + 1}"
+        raise PreferenceError(
+            "prompt_mismatch", f"the two conversations differ before their answers ({where})"
+        )
+    if answer_c == answer_r:
+        raise PreferenceError("chosen_equals_rejected", "both answers are the same")
+    return {"prompt": prompt_c, "chosen": answer_c, "rejected": answer_r, "tools": chosen.get("tools", [])}
+
+
+def is_unpaired(row: dict) -> bool:
+    return "completion" in row
+
+
+def key(row: dict) -> str:
+    """One string for the whole row (exact and near dedup compare these): the prompt, then each answer."""
+    parts = [prompt_key(row)]
+    for side in ("completion",) if is_unpaired(row) else ("chosen", "rejected"):
+        parts.append(f"[{side}]\n" + conv.key({"messages": row[side]}))
+    if is_unpaired(row):
+        parts.append(f"[label] {row['label']}")
+    return "\n".join(parts)
+
+
+def prompt_key(row: dict) -> str:
+    """The whole prompt as one string (rows of one prompt share a split; the leakage check compares these)."""
+    return conv.key({"messages": row["prompt"]})
+
+
+def texts(row: dict) -> list[str]:
+    """The natural-language content of every message of the row (PII scrubbing and length checks)."""
+    sides = ("prompt", "completion") if is_unpaired(row) else ("prompt", "chosen", "rejected")
+    return [m["content"] for side in sides for m in row[side] if m.get("content")]
+
+
+def answer_text(messages: list[dict]) -> str:
+    """An answer's text as a reader sees it (side-by-side reports; tool calls as ``name(arguments)``)."""
+    out = []
+    for m in messages:
+        if m.get("content"):
+            out.append(m["content"])
+        for call in m.get("tool_calls", ()):
+            out.append(f"{call['function']['name']}({json.dumps(call['function']['arguments'])})")
+    return "\n".join(out)
+
+
+def table(records: list[dict], columns: Iterable[str], fmt: str = "auto") -> dict[str, list]:
+    """One file's records as ingested columns: ``text`` (the dedup :func:`key`, or the raw record as JSON
+    when it is refused), ``prompt`` (:func:`prompt_key`), ``pair`` (canonical, JSON) and ``error``
+    (``"reason: detail"``, '' when read)."""
+    columns = list(columns)
+    fmt = detect_format(columns) if fmt == "auto" else fmt
+    out: dict[str, list] = {"text": [], "prompt": [], "pair": [], "error": []}
+    for record in records:
+        record = {k: conv.plain(v) for k, v in record.items() if not str(k).startswith("_")}
+        try:
+            row = read(record, fmt)
+        except PreferenceError as exc:
+            out["text"].append(json.dumps(record, ensure_ascii=False, default=str)[:20_000])
+            out["prompt"].append("")
+            out["pair"].append("")
+            out["error"].append(f"{exc.reason}: {exc.detail}")
+            continue
+        out["text"].append(key(row))
+        out["prompt"].append(prompt_key(row))
+        out["pair"].append(json.dumps(row, ensure_ascii=False))
+        out["error"].append("")
+    return out
+
+
+# -- readers -------------------------------------------------------------------------------------------
+
+
+def _conversation(record: dict, fmt: str, side: str) -> dict:
+    """A whole conversation read by the conversation reader of ``fmt``; its errors become this module's."""
+    try:
+        return conv.read(record, fmt)
+    except conv.ConversationError as exc:
+        if exc.reason == "empty_assistant":
+            raise PreferenceError("empty_side", f"{side}: {exc.detail}") from None
+        if exc.reason == "not_a_conversation" and exc.detail == "no user turn":
+            raise PreferenceError("prompt_missing", f"{side}: no user turn") from None
+        raise PreferenceError(exc.reason, f"{side}: {exc.detail}") from None
+
+
+def _split(conversation: dict, side: str) -> tuple[list[dict], list[dict]]:
+    """``(prompt, answer)``: the messages up to the last user turn, and those after it."""
+    messages = [{k: v for k, v in m.items() if k != "weight"} for m in conversation["messages"]]
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise PreferenceError("prompt_missing", f"{side}: no user turn")
+    answer = messages[last_user + 1 :]
+    if not answer:
+        raise PreferenceError("empty_side", f"{side}: no answer after the last user turn")
+    return messages[: last_user + 1], answer
+
+
+def _first_difference(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _require(record: MappingABC[str, Any], *names: str) -> None:
+    for name in names:
+        value = record.get(name)
+        if value is None or (isinstance(value, (str, list, dict)) and not value):
+            reason = "prompt_missing" if name in ("prompt", "input", "conversations") else "empty_side"
+            raise PreferenceError(reason, f"{name!r} is missing or empty")
+
+
+def _messages(value: Any, where: str, role: str) -> list:
+    """A side given as text (one ``role`` turn), a message object or a list of messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise PreferenceError("prompt_missing" if role == "user" else "empty_side", f"{where} is blank")
+        return [{"role": role, "content": value}]
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise PreferenceError("not_a_conversation", f"{where} is {type(value).__name__}, not text or messages")
+
+
+def _trl(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+    _require(record, "chosen", "rejected")
+    tools = record.get("tools")
+    if record.get("prompt") is None:  # implicit prompt: two whole conversations
+        if isinstance(record["chosen"], str):
+            raise PreferenceError("prompt_missing", "text answers without a 'prompt' column")
+        sides = [_messages(record[s], s, "assistant") for s in ("chosen", "rejected")]
+    else:
+        prompt = _messages(record["prompt"], "prompt", "user")
+        sides = [prompt + _messages(record[s], s, "assistant") for s in ("chosen", "rejected")]
+    chosen, rejected = (
+        _conversation({"messages": _flat(m), "tools": tools}, "openai", s)
+        for m, s in zip(sides, ("chosen", "rejected"), strict=True)
+    )
+    return chosen, rejected
+
+
+def _openai_preference(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+    _require(record, "input", "preferred_output", "non_preferred_output")
+    source = record["input"]
+    if not isinstance(source, dict) or not isinstance(source.get("messages"), list) or not source["messages"]:
+        raise PreferenceError("prompt_missing", "'input' has no list of messages")
+    prompt = source["messages"]
+    sides = []
+    for column, side in (("preferred_output", "chosen"), ("non_preferred_output", "rejected")):
+        answer = _messages(record[column], column, "assistant")
+        sides.append(
+            _conversation({"messages": _flat(prompt + answer), "tools": source.get("tools")}, "openai", side)
+        )
+    return sides[0], sides[1]
+
+
+def _sharegpt(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+    _require(record, "conversations", "chosen", "rejected")
+    turns = record["conversations"]
+    if not isinstance(turns, list):
+        raise PreferenceError("not_a_conversation", "'conversations' is not a list of turns")
+    sides = []
+    for side in ("chosen", "rejected"):
+        answer = record[side] if isinstance(record[side], list) else [record[side]]
+        for turn in answer:
+            if isinstance(turn, dict) and not str(turn.get("value") or "").strip():
+                raise PreferenceError("empty_side", f"{side} has an empty turn")
+        whole = {**record, "conversations": turns + answer}
+        sides.append(_conversation(whole, "sharegpt", side))
+    return sides[0], sides[1]
+
+
+def _messages_pair(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+    _require(record, "chosen_messages", "rejected_messages")
+    sides = []
+    for column, side in (("chosen_messages", "chosen"), ("rejected_messages", "rejected")):
+        messages = record[column]
+        if not isinstance(messages, list):
+            raise PreferenceError("not_a_conversation", f"{column!r} is not a list of messages")
+        sides.append(
+            _conversation({"messages": _flat(messages), "tools": record.get("tools")}, "openai", side)
+        )
+    return sides[0], sides[1]
+
+
+def _kto(record: MappingABC[str, Any]) -> dict:
+    label = record.get("label")
+    if not isinstance(label, bool):
+        raise PreferenceError("bad_label", f"label is {label!r}, not true or false")
+    tools = record.get("tools")
+    if record.get("messages") is not None:
+        messages = record["messages"]
+        if not isinstance(messages, list):
+            raise PreferenceError("not_a_conversation", "'messages' is not a list of messages")
+    else:
+        _require(record, "prompt", "completion")
+        messages = _messages(record["prompt"], "prompt", "user") + _messages(
+            record["completion"], "completion", "assistant"
+        )
+    prompt, completion = _split(
+        _conversation({"messages": _flat(messages), "tools": tools}, "openai", "completion"), "completion"
+    )
+    return {"prompt": prompt, "completion": completion, "label": label, "tools": _tools_of(tools)}
+
+
+def _tools_of(tools: Any) -> list:
+    try:
+        return conv.prompt([{"role": "user", "content": "."}], tools)["tools"]
+    except conv.ConversationError as exc:
+        raise PreferenceError(exc.reason, exc.detail) from None
+
+
+def _flat(messages: list) -> list:
+    """Messages with typed content parts (LLaMA-Factory v1, OpenAI) as plain text content; LLaMA-Factory's
+    per-turn ``loss_weight`` is dropped (the answer after the prompt is what a preference objective
+    learns from). A part that is not text (an image) refuses the row."""
+    out = []
+    for turn, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            out.append(message)  # the conversation reader says what is wrong with it
+            continue
+        message = {k: v for k, v in message.items() if k != "loss_weight"}
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type", "text") != "text":
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise PreferenceError("not_a_conversation", f"turn {turn} has a {kind!r} part, not text")
+                text = part.get("text", part.get("value"))
+                if not isinstance(text, str):
+                    raise PreferenceError("not_a_conversation", f"turn {turn} has a text part without text")
+                texts.append(text)
+            message["content"] = "".join(texts)
+        out.append(message)
+    return out
+
+
+_READERS = {"trl": _trl, "openai": _openai_preference, "sharegpt": _sharegpt, "messages": _messages_pair}
