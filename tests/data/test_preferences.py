@@ -279,3 +279,15 @@ def test_any_json_row_is_read_or_refused_never_a_traceback(fmt, record):
     assert bool(table["error"][0]) != bool(table["pair"][0])
     if table["error"][0]:
         assert table["error"][0].split(":")[0] in P.REASONS
+
+
+def test_a_pair_longer_than_max_length_is_too_long_with_the_template(smollm2_tokenizer):
+    short = P.read({"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}, "trl")
+    long = {**short, "rejected": [{"role": "assistant", "content": "word " * 300}]}
+    n_short = P.check_length(smollm2_tokenizer, short, 64)
+    assert 10 < n_short <= 64
+    # the longer answer decides: the chosen side alone would fit
+    assert P.rendered_length(smollm2_tokenizer, long) > 300
+    with pytest.raises(P.PreferenceError) as err:
+        P.check_length(smollm2_tokenizer, long, 256)
+    assert err.value.reason == "too_long" and "> model.max_length 256" in str(err.value)

@@ -144,6 +144,28 @@ def answer_text(messages: list[dict]) -> str:
     return "\n".join(out)
 
 
+def rendered_length(tokenizer, row: dict) -> int:
+    """Tokens of the prompt with its longer answer, as the model's chat template writes them."""
+    from tunery.data import templates
+
+    sides = ("completion",) if is_unpaired(row) else ("chosen", "rejected")
+    return max(
+        templates.rendered_length(tokenizer, {"messages": row["prompt"] + row[side], "tools": row["tools"]})
+        for side in sides
+    )
+
+
+def check_length(tokenizer, row: dict, max_length: int) -> int:
+    """The row's :func:`rendered_length`; raises ``too_long`` past ``max_length`` (an answer cut short
+    would teach the objective to prefer a truncated text)."""
+    length = rendered_length(tokenizer, row)
+    if length > max_length:
+        raise PreferenceError(
+            "too_long", f"{length} tokens with the chat template > model.max_length {max_length}"
+        )
+    return length
+
+
 def table(records: list[dict], columns: Iterable[str], fmt: str = "auto") -> dict[str, list]:
     """One file's records as ingested columns: ``text`` (the dedup :func:`key`, or the raw record as JSON
     when it is refused), ``prompt`` (:func:`prompt_key`), ``pair`` (canonical, JSON) and ``error``
