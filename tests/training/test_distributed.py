@@ -9,7 +9,13 @@ import re
 import pytest
 
 from tests.training.test_loop import recipe_for, write_splits
-from tunery.training.launch import TrainingJobFailed, build_command, launch_training, render_deepspeed_config
+from tunery.training.launch import (
+    TrainingJobFailed,
+    build_command,
+    job_environment,
+    launch_training,
+    render_deepspeed_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +88,25 @@ def test_rendered_deepspeed_config_fills_auto_from_the_recipe(tiny_bert, tmp_pat
     cmd = build_command(several, tmp_path / "job.json", 29500)
     assert cmd[2:4] == ["-m", "deepspeed.launcher.runner"] and cmd[-3:] == worker
     assert cmd[cmd.index("--hostfile") + 1] == str(hosts)
+
+
+def test_ranks_share_the_cores_and_an_exported_thread_cap_is_kept(tiny_bert, tmp_path, monkeypatch):
+    recipe = recipe_for(tiny_bert, "full", tmp_path)
+    two = recipe.model_copy(
+        update={"distributed": recipe.distributed.model_copy(update={"num_processes": 2})}
+    )
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
+    assert job_environment(recipe, 29500, cuda=False)["OMP_NUM_THREADS"] == "8"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # e.g. a machine shared with other jobs
+    assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # a cap, never more threads than the rank's share
+    assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
+    pinned = two.model_copy(update={"training": two.training.model_copy(update={"num_threads": 3})})
+    assert job_environment(pinned, 29500, cuda=False)["OMP_NUM_THREADS"] == "3"
 
 
 def test_failing_job_reports_the_tail_of_its_log(tiny_bert, tmp_path):

@@ -139,16 +139,24 @@ def local_world_info(num_processes: int) -> str:
     return base64.urlsafe_b64encode(world.encode("utf-8")).decode("ascii")
 
 
+def threads_per_process(recipe: Recipe) -> int:
+    """torch CPU threads of each rank: ``training.num_threads``, else the machine's cores shared by the
+    ranks, capped by an ``OMP_NUM_THREADS`` the caller exported (a machine shared with other work: more
+    threads than cores make OpenMP spin against itself)."""
+    if recipe.training.num_threads:
+        return recipe.training.num_threads
+    share = max(1, (os.cpu_count() or 1) // recipe.distributed.num_processes)
+    exported = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(exported)) if exported.isdigit() and int(exported) >= 1 else share
+
+
 def job_environment(recipe: Recipe, port: int, cuda: bool) -> dict[str, str]:
     """Environment of the job: single-process rendezvous variables, CPU accelerator, thread split."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(recipe.workdir) / "torch_extensions"))
     if not cuda:
         env["DS_ACCELERATOR"] = "cpu"
-        threads = recipe.training.num_threads or max(
-            1, (os.cpu_count() or 1) // recipe.distributed.num_processes
-        )
-        env["OMP_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads_per_process(recipe))
     env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     # Rank variables come from the launcher; stale ones from a parent job must not leak into this one.
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
