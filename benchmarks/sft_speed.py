@@ -72,7 +72,9 @@ TEST_CONVERSATIONS = 24
 # --------------------------------------------------------------------------------------------------------
 
 
-def load_conversations(data_dir: Path, max_length: int, train_rows: int, seed: int) -> dict[str, list]:
+def load_conversations(
+    data_dir: Path, max_length: int, train_rows: int, seed: int, model: str = MODEL
+) -> dict[str, list]:
     """LLaMA-Factory's KTO demo conversations (OpenAI ``messages``) that fit ``max_length`` tokens in the
     model's chat template, shuffled with ``seed``: ``train_rows`` to train on and a fixed held-out set
     (the same for every seed) to score."""
@@ -82,7 +84,7 @@ def load_conversations(data_dir: Path, max_length: int, train_rows: int, seed: i
 
     from tunery.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(MODEL))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
     records = json.loads((data_dir.joinpath(*DATA_FILE)).read_text(encoding="utf-8"))
     fitting = []
     for record in records:
@@ -126,7 +128,7 @@ def tunery_recipe(args: argparse.Namespace, workdir: Path) -> Any:
             "name": "sft-speed",
             "task": "sft",
             "data": {"source": "unused.jsonl", "conversation": {"format": "openai"}},
-            "model": {"base": MODEL, "max_length": args.max_length},
+            "model": {"base": args.model, "max_length": args.max_length},
             "method": {
                 "name": "lora",
                 "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": list(LORA_TARGETS)},
@@ -181,11 +183,11 @@ def token_counter(pad_id: int) -> Any:
     return TokenCounter()
 
 
-def model_path() -> str:
-    """The packaged SmolLM2 as a local folder (converted from its GGUF once, then cached)."""
+def model_path(model: str = MODEL) -> str:
+    """The model as a local folder (the packaged SmolLM2 is converted from its GGUF once, then cached)."""
     from tunery.models import resolve_model
 
-    return resolve_model(MODEL)
+    return resolve_model(model)
 
 
 def _scored(model, tokenizer, test, recipe) -> float:
@@ -203,7 +205,7 @@ def run_tunery(args: argparse.Namespace) -> dict[str, Any]:
     from tunery.layout import RunLayout
     from tunery.training import export
 
-    data = load_conversations(args.data_dir, args.max_length, args.train_rows, args.seed)
+    data = load_conversations(args.data_dir, args.max_length, args.train_rows, args.seed, args.model)
     recipe = tunery_recipe(args, Path(args.workdir))
     layout = RunLayout.create(args.workdir, "bench-sft-tunery")
     test = canonical_frame(data["test"])
@@ -211,7 +213,7 @@ def run_tunery(args: argparse.Namespace) -> dict[str, Any]:
     for name, frame in frames.items():
         layout.split(name).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(layout.split(name), index=False)
-    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path(args.model))
     counter, clock = token_counter(tokenizer.pad_token_id), step_clock()
     tunery.training.loop.train(recipe, layout, callbacks=[counter, clock])
     metrics = json.loads((layout.train_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -232,9 +234,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 
     from tunery.config import LoraConfig as TuneryLora
 
-    data = load_conversations(args.data_dir, args.max_length, args.train_rows, args.seed)
+    data = load_conversations(args.data_dir, args.max_length, args.train_rows, args.seed, args.model)
     recipe = tunery_recipe(args, Path(args.workdir))  # for the shared scoring function only
-    path = model_path()
+    path = model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     config = SFTConfig(
@@ -316,6 +318,7 @@ def worker_main(args: argparse.Namespace) -> None:
 def worker_command(args: argparse.Namespace, kind: str, workdir: Path, seed: int) -> list[str]:
     settings = {
         "data_dir": args.data_dir,
+        "model": args.model,
         "max_length": args.max_length,
         "train_rows": args.train_rows,
         "steps": args.steps,
@@ -364,6 +367,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--model",
+        default=MODEL,
+        help=f"the chat model both sides tune: catalogue name, local folder or hub id (default {MODEL})",
+    )
     parser.add_argument("--max-length", type=int, default=512, help="token budget of a conversation")
     parser.add_argument("--train-rows", type=int, default=120, help="training conversations")
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps of both trainers")
@@ -419,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "machine": machine,
         "command": shlex.join([sys.executable, *sys.argv]),
         "settings": {
-            "model": MODEL,
+            "model": args.model,
             "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": list(LORA_TARGETS)},
             "data": "/".join(DATA_FILE),
             "max_length": args.max_length,

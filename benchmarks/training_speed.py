@@ -175,7 +175,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     data = load_data(args.data_dir, args.train_samples, args.dev_rows, args.seed)
     started = time.perf_counter()
     set_seed(args.seed)  # before the model, as run_glue.py does: the classifier head is initialised here
-    path = resolve_model(MODEL)
+    path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 
@@ -264,7 +264,7 @@ def tunery_recipe(args: argparse.Namespace, kind: str, workdir: Path) -> Any:
         {
             "name": f"training-speed-{kind.replace('_', '-')}",
             "data": {"source": "unused.tsv"},  # train() reads the prepared splits, never the source
-            "model": {"base": MODEL, "max_length": MAX_LENGTH},
+            "model": {"base": args.model, "max_length": MAX_LENGTH},
             "method": {
                 "name": method,
                 "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "target_modules": list(LORA_TARGETS)},
@@ -357,6 +357,7 @@ def worker_command(args: argparse.Namespace, kind: str, workdir: Path, **overrid
     """The command line of one worker process (the parent's settings, plus ``overrides``)."""
     settings = {
         "data_dir": args.data_dir,
+        "model": args.model,
         "train_samples": args.train_samples,
         "dev_rows": args.dev_rows,
         "epochs": args.epochs,
@@ -558,6 +559,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared data")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
     parser.add_argument(
+        "--model",
+        default=MODEL,
+        help=f"the encoder both sides tune: catalogue name, local folder or hub id (default {MODEL})",
+    )
+    parser.add_argument(
         "--train-samples",
         type=int,
         default=None,
@@ -676,7 +682,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "warmup_ratio": args.warmup_ratio,
             "seed": args.seed,
             "configurations": kinds,
-            "model": MODEL,
+            "model": args.model,
             "budget_minutes": args.budget_minutes,
         },
         "configurations": configs,

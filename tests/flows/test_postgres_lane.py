@@ -2,7 +2,8 @@
 real PostgreSQL server (Debian's binaries), both started on 127.0.0.1 by the fixture and stopped by PID.
 
 Two runs of the same recipe on the same data: the first becomes champion; the second reproduces it
-exactly (training is deterministic on CPU), a tie within the margin, and must stay challenger.
+exactly (training is deterministic on CPU), a tie within the margin, and must stay challenger. The tiny
+BERT keeps the two runs cheap: what is under test is the registry on PostgreSQL, not the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 
 @pytest.fixture(scope="module")
-def pg_recipe(shared_data, tmp_path_factory, postgres_mlflow_server):
+def pg_recipe(shared_data, tmp_path_factory, postgres_mlflow_server, tiny_bert):
     folder = tmp_path_factory.mktemp("sms-pg")
     full = pd.read_csv(
         shared_data / "sms_spam" / "SMSSpamCollection", sep="\t", dtype=str, keep_default_na=False
@@ -36,7 +37,7 @@ def pg_recipe(shared_data, tmp_path_factory, postgres_mlflow_server):
               text_columns: [SMS]
               label_column: Label
               labels: [ham, spam]
-            model: {{base: minilm, max_length: 48}}
+            model: {{base: {tiny_bert}, max_length: 48}}
             training: {{epochs: 1, max_steps: 12, batch_size: 16, learning_rate: 2.0e-4}}
             mlflow:
               experiment: sms-pg

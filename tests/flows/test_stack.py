@@ -483,6 +483,21 @@ def _drop_file(rows, zone: Path, name: str) -> None:
     part.rename(zone / name)
 
 
+def _delete_planned_runs(api: httpx.Client, deployment: str, quiet_s: float = 12.0) -> None:
+    """Delete a deployment's planned (SCHEDULED) runs after its schedule was deleted. The scheduler (a 5 s
+    loop here) may still insert runs it planned from the schedule it read before the delete: keep deleting
+    until a couple of its loops pass without any."""
+    deadline, quiet_since = time.monotonic() + 120, time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        assert time.monotonic() < deadline, "the scheduler kept planning runs of a deleted schedule"
+        planned = [r for r in _runs_of(api, deployment) if r["state"]["type"] == "SCHEDULED"]
+        for run in planned:
+            api.delete(f"/flow_runs/{run['id']}")
+        if planned:
+            quiet_since = time.monotonic()
+        time.sleep(2)
+
+
 def _versions(mlflow_url: str, name: str) -> list:
     import mlflow
 
@@ -557,9 +572,7 @@ def drop_zone_runs(live_stack, tiny_bert, tmp_path_factory):
         # stop the schedule, wait for the runs in flight, then restart the watcher once by hand
         for schedule in api.get(f"/deployments/{watcher}/schedules").json():
             api.delete(f"/deployments/{watcher}/schedules/{schedule['id']}")
-        for run in _runs_of(api, watcher):
-            if run["state"]["type"] == "SCHEDULED":
-                api.delete(f"/flow_runs/{run['id']}")
+        _delete_planned_runs(api, watcher)
         busy = [
             r["id"]
             for r in _runs_of(api, watcher) + _runs_of(api, learner)
