@@ -20,12 +20,12 @@ os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".tunery" / "torch_extensions")
 )
 os.environ.pop("PREFECT_API_URL", None)
-# Under pytest-xdist the workers share the cores: each worker's torch (evaluation in the test process, and
-# through OMP_NUM_THREADS, the training jobs it launches) gets its share, so that two workers' OpenMP
-# threads do not spin against each other on more threads than cores.
+# Under pytest-xdist the workers share the cores: each worker's torch (evaluation in the test process, through
+# OMP_NUM_THREADS, and the training jobs it launches, through tunery's TUNERY_MAX_CPU_THREADS cap) gets its
+# share, so that two workers' OpenMP threads do not spin against each other on more threads than cores.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ["OMP_NUM_THREADS"] = str(_share)
+    os.environ["OMP_NUM_THREADS"] = os.environ["TUNERY_MAX_CPU_THREADS"] = str(_share)
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 REPO = Path(__file__).resolve().parents[1]

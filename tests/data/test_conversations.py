@@ -53,6 +53,7 @@ def test_openai_tool_conversation_is_read_with_parsed_arguments_and_named_result
         ([U, {"role": "assistant", "content": "   "}], "empty_assistant"),
         ([U, {"role": "tool", "tool_call_id": "zz", "content": "{}"}, A], "orphan_tool_result"),
         ([U, {"role": "tool", "content": "{}"}, A], "orphan_tool_result"),  # no call at all to answer
+        ([U, CALL, {**RESULT, "tool_call_id": ["z"]}, A], "not_a_conversation"),  # an id that is not text
         (
             [
                 U,

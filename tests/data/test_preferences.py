@@ -216,6 +216,66 @@ HOSTILE = [
         "bad_label",
     ),
     ({"prompt": "q", "completion": "", "label": True}, "kto", "empty_side"),
+    # a given prompt that does not ask for the answer, or an answer that holds a user turn: refused, the
+    # boundary is never moved
+    (
+        {
+            "input": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]},
+            "preferred_output": [{"role": "assistant", "content": "a"}],
+            "non_preferred_output": [{"role": "assistant", "content": "b"}],
+        },
+        "openai",
+        "not_a_conversation",
+    ),
+    (
+        {
+            "prompt": "q",
+            "completion": [
+                {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "b"},
+            ],
+            "label": True,
+        },
+        "kto",
+        "not_a_conversation",
+    ),
+    (
+        {
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        },
+        "trl",
+        "not_a_conversation",
+    ),
+    # an empty turn inside the prompt is the conversation's fault, not an empty answer
+    (
+        {
+            "prompt": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": ""},
+                {"role": "user", "content": "q2"},
+            ],
+            "chosen": "a",
+            "rejected": "b",
+        },
+        "trl",
+        "empty_assistant",
+    ),
+    (
+        {
+            "prompt": [
+                {"role": "user", "content": "q"},
+                {"role": "tool", "tool_call_id": ["z"], "content": "1"},
+            ],
+            "chosen": "a",
+            "rejected": "b",
+        },
+        "trl",
+        "not_a_conversation",
+    ),
+    ({"input": "q", "preferred_output": "a", "non_preferred_output": "b"}, "openai", "not_a_conversation"),
     ({"messages": [{"role": "user", "content": "q"}], "label": True}, "kto", "not_ending_on_assistant"),
 ]
 
@@ -230,24 +290,56 @@ def test_a_row_that_cannot_be_learnt_from_is_refused_with_its_reason(record, fmt
     assert json.loads(table["text"][0]) == record, "the refused row is kept as it came, for the quarantine"
 
 
+def test_the_same_tool_call_under_other_ids_is_the_same_answer():
+    def call(call_id):
+        function = {"name": "add", "arguments": {"a": 1}}
+        return [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+            }
+        ]
+
+    record = {"prompt": "1+?", "chosen": call("x"), "rejected": call("y")}
+    with pytest.raises(P.PreferenceError) as err:
+        P.read(record, "trl")
+    assert err.value.reason == "chosen_equals_rejected"
+
+
+def test_a_prompt_may_end_on_a_tool_result_and_weights_are_dropped():
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    prompt = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [call], "weight": 0.5},
+        {"role": "tool", "tool_call_id": "c1", "content": "20C"},
+    ]
+    pair = P.read({"prompt": prompt, "chosen": "It is 20C.", "rejected": "No idea."}, "trl")
+    assert [m["role"] for m in pair["prompt"]] == ["user", "assistant", "tool"]
+    assert "weight" not in pair["prompt"][1] and pair["chosen"] == [
+        {"role": "assistant", "content": "It is 20C."}
+    ]
+
+
 def test_unknown_columns_name_the_formats():
     with pytest.raises(ValueError, match="chosen_messages/rejected_messages"):
         P.detect_format(["question", "answer"])
 
 
+# JSON values shaped like messages often enough to get past the first checks: role names, message keys
+_KEYS = ["role", "content", "from", "value", "type", "text", "tool_calls", "tool_call_id", "function", "name"]
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(["role", "content", "from", "value", "type", "text"]), inner, max_size=3
-        )
-    ),
-    max_leaves=12,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=8)
+    | st.sampled_from(["user", "assistant", "tool", "system", "human", "gpt", "function"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4),
+    max_leaves=16,
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     fmt=st.sampled_from(P.FORMATS),
     record=st.dictionaries(

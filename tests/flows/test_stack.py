@@ -592,7 +592,13 @@ def drop_zone_runs(live_stack, tiny_bert, tmp_path_factory):
         restart_result = api.get(f"/flow_runs/{reply.json()['id']}").json()
         # the learn runs that trained: a drop re-announced while a retrain holds it starts a run that
         # finds the dataset up to date, which trains nothing
-        body = {"task_runs": {"flow_run_id": {"any_": [r["id"] for r in learn_runs]}}}
+        body = {
+            "task_runs": {
+                "flow_run_id": {"any_": [r["id"] for r in learn_runs]},
+                "name": {"like_": "train-"},
+                "state": {"type": {"any_": ["COMPLETED"]}},
+            }
+        }
         trained = {
             t["flow_run_id"]
             for t in api.post("/task_runs/filter", json=body).json()

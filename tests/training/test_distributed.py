@@ -90,21 +90,27 @@ def test_rendered_deepspeed_config_fills_auto_from_the_recipe(tiny_bert, tmp_pat
     assert cmd[cmd.index("--hostfile") + 1] == str(hosts)
 
 
-def test_ranks_share_the_cores_and_an_exported_thread_cap_is_kept(tiny_bert, tmp_path, monkeypatch):
+def test_ranks_share_the_cores_and_a_thread_cap_is_kept(tiny_bert, tmp_path, monkeypatch):
     recipe = recipe_for(tiny_bert, "full", tmp_path)
     two = recipe.model_copy(
         update={"distributed": recipe.distributed.model_copy(update={"num_processes": 2})}
     )
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TUNERY_MAX_CPU_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # preset by many images: not a cap, it would slow every job
     assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
     assert job_environment(recipe, 29500, cuda=False)["OMP_NUM_THREADS"] == "8"
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # e.g. a machine shared with other jobs
+    monkeypatch.setenv("TUNERY_MAX_CPU_THREADS", "2")  # a machine shared with other jobs
     assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "2"
-    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # a cap, never more threads than the rank's share
+    monkeypatch.setenv("TUNERY_MAX_CPU_THREADS", "16")  # a cap, never more threads than the rank's share
     assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
-    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
-    assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("TUNERY_MAX_CPU_THREADS", "lots")
+    with pytest.raises(ValueError, match="TUNERY_MAX_CPU_THREADS='lots' is not a whole number"):
+        job_environment(two, 29500, cuda=False)
+    monkeypatch.setenv("TUNERY_MAX_CPU_THREADS", "²")  # str.isdigit() says yes, int() says no
+    with pytest.raises(ValueError, match="not a whole number"):
+        job_environment(two, 29500, cuda=False)
+    monkeypatch.delenv("TUNERY_MAX_CPU_THREADS")
     pinned = two.model_copy(update={"training": two.training.model_copy(update={"num_threads": 3})})
     assert job_environment(pinned, 29500, cuda=False)["OMP_NUM_THREADS"] == "3"
 

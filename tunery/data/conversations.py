@@ -268,7 +268,12 @@ def _openai(record: MappingABC[str, Any], mapping: Mapping) -> dict:
             if "weight" in raw:
                 message["weight"] = raw["weight"]
         if role == "tool":
-            message["tool_call_id"] = raw.get("tool_call_id")
+            answered = raw.get("tool_call_id")
+            if answered is not None and not isinstance(answered, str):
+                raise ConversationError(
+                    "not_a_conversation", f"turn {turn}'s tool_call_id is {type(answered).__name__}, not text"
+                )
+            message["tool_call_id"] = answered
         out.append(message)
     _pair_unnamed_results(out)
     return {"messages": out, "tools": _tools(record.get(mapping.tools))}

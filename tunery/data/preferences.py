@@ -90,20 +90,23 @@ def read(record: MappingABC[str, Any], fmt: str) -> dict:
         raise PreferenceError("not_a_conversation", "the record is not an object")
     if fmt == "kto":
         return _kto(record)
-    chosen, rejected = _READERS[fmt](record)
-    return pair_of(chosen, rejected)
+    return _READERS[fmt](record)
 
 
-def pair_of(chosen: dict, rejected: dict) -> dict:
-    """The canonical pair of two whole canonical conversations that answer the same prompt."""
-    prompt_c, answer_c = _split(chosen, "chosen")
-    prompt_r, answer_r = _split(rejected, "rejected")
+def pair_of(chosen: dict, rejected: dict, answers: tuple[int, int] | None = None) -> dict:
+    """The canonical pair of two whole canonical conversations that answer the same prompt.
+
+    ``answers``: how many trailing messages of each are the answer, where the format says it (an explicit
+    prompt); without it the answer is everything after the last user turn (a prompt implied by two whole
+    conversations)."""
+    prompt_c, answer_c = _split(chosen, "chosen", answers[0] if answers else None)
+    prompt_r, answer_r = _split(rejected, "rejected", answers[1] if answers else None)
     if prompt_c != prompt_r or chosen.get("tools", []) != rejected.get("tools", []):
         where = "tools" if prompt_c == prompt_r else f"turn {_first_difference(prompt_c, prompt_r) + 1}"
         raise PreferenceError(
             "prompt_mismatch", f"the two conversations differ before their answers ({where})"
         )
-    if answer_c == answer_r:
+    if conv.key({"messages": answer_c}) == conv.key({"messages": answer_r}):  # tool-call ids aside
         raise PreferenceError("chosen_equals_rejected", "both answers are the same")
     return {"prompt": prompt_c, "chosen": answer_c, "rejected": answer_r, "tools": chosen.get("tools", [])}
 
@@ -194,27 +197,45 @@ def table(records: list[dict], columns: Iterable[str], fmt: str = "auto") -> dic
 
 
 def _conversation(record: dict, fmt: str, side: str) -> dict:
-    """A whole conversation read by the conversation reader of ``fmt``; its errors become this module's."""
+    """A whole conversation read by the conversation reader of ``fmt``; its errors become this module's
+    (an empty answer is found before reading, by :func:`_refuse_empty`)."""
     try:
         return conv.read(record, fmt)
     except conv.ConversationError as exc:
-        if exc.reason == "empty_assistant":
-            raise PreferenceError("empty_side", f"{side}: {exc.detail}") from None
         if exc.reason == "not_a_conversation" and exc.detail == "no user turn":
             raise PreferenceError("prompt_missing", f"{side}: no user turn") from None
         raise PreferenceError(exc.reason, f"{side}: {exc.detail}") from None
 
 
-def _split(conversation: dict, side: str) -> tuple[list[dict], list[dict]]:
-    """``(prompt, answer)``: the messages up to the last user turn, and those after it."""
+def _refuse_empty(answer: list, side: str) -> None:
+    """``empty_side`` for an answer whose assistant turns say nothing (no text, no tool call)."""
+    turns = [m for m in answer if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+    if turns and not any(str(m.get("content") or "").strip() or m.get("tool_calls") for m in turns):
+        raise PreferenceError("empty_side", f"{side} has no content and no tool call")
+
+
+def _split(conversation: dict, side: str, answer_turns: int | None = None) -> tuple[list[dict], list[dict]]:
+    """``(prompt, answer)``: the last ``answer_turns`` messages are the answer (an explicit prompt), else
+    those after the last user turn. A given prompt must ask for the answer (end on a user turn, or on a
+    tool result the answer goes on from), and an answer holds no user turn: a boundary that says otherwise
+    is refused, never moved."""
     messages = [{k: v for k, v in m.items() if k != "weight"} for m in conversation["messages"]]
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-    if last_user is None:
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
         raise PreferenceError("prompt_missing", f"{side}: no user turn")
-    answer = messages[last_user + 1 :]
+    cut = users[-1] + 1 if answer_turns is None else len(messages) - answer_turns
+    prompt, answer = messages[:cut], messages[cut:]
+    if not prompt or not any(m["role"] == "user" for m in prompt):
+        raise PreferenceError("prompt_missing", f"{side}: no user turn before the answer")
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise PreferenceError(
+            "not_a_conversation", f"{side}: the prompt ends on a {prompt[-1]['role']} turn: nothing to answer"
+        )
     if not answer:
-        raise PreferenceError("empty_side", f"{side}: no answer after the last user turn")
-    return messages[: last_user + 1], answer
+        raise PreferenceError("empty_side", f"{side}: no answer after the prompt")
+    if any(m["role"] in ("user", "system") for m in answer):
+        raise PreferenceError("not_a_conversation", f"{side}: the answer holds a user or system turn")
+    return prompt, answer
 
 
 def _first_difference(a: list, b: list) -> int:
@@ -242,65 +263,79 @@ def _messages(value: Any, where: str, role: str) -> list:
     raise PreferenceError("not_a_conversation", f"{where} is {type(value).__name__}, not text or messages")
 
 
-def _trl(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+def _trl(record: MappingABC[str, Any]) -> dict:
     _require(record, "chosen", "rejected")
     tools = record.get("tools")
     if record.get("prompt") is None:  # implicit prompt: two whole conversations
         if isinstance(record["chosen"], str):
             raise PreferenceError("prompt_missing", "text answers without a 'prompt' column")
         sides = [_messages(record[s], s, "assistant") for s in ("chosen", "rejected")]
-    else:
-        prompt = _messages(record["prompt"], "prompt", "user")
-        sides = [prompt + _messages(record[s], s, "assistant") for s in ("chosen", "rejected")]
-    chosen, rejected = (
-        _conversation({"messages": _flat(m), "tools": tools}, "openai", s)
-        for m, s in zip(sides, ("chosen", "rejected"), strict=True)
-    )
-    return chosen, rejected
+        for whole, side in zip(sides, ("chosen", "rejected"), strict=True):
+            _refuse_empty(whole[-1:], side)
+        chosen, rejected = (
+            _conversation({"messages": _flat(m), "tools": tools}, "openai", s)
+            for m, s in zip(sides, ("chosen", "rejected"), strict=True)
+        )
+        return pair_of(chosen, rejected)
+    prompt = _messages(record["prompt"], "prompt", "user")
+    answers = [_messages(record[s], s, "assistant") for s in ("chosen", "rejected")]
+    return _explicit(prompt, answers, tools, "openai")
 
 
-def _openai_preference(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+def _explicit(prompt: list, answers: list[list], tools: Any, fmt: str, extra: dict | None = None) -> dict:
+    """The pair of a format that gives the prompt and each answer apart (ShareGPT answers are checked for
+    emptiness by their reader: their turns are ``from``/``value``)."""
+    for answer, side in zip(answers, ("chosen", "rejected"), strict=True):
+        if fmt != "sharegpt":
+            _refuse_empty(answer, side)
+    key = "conversations" if fmt == "sharegpt" else "messages"
+    sides = [
+        _conversation({**(extra or {}), key: _flat(prompt + answer), "tools": tools}, fmt, side)
+        for answer, side in zip(answers, ("chosen", "rejected"), strict=True)
+    ]
+    return pair_of(sides[0], sides[1], answers=(len(answers[0]), len(answers[1])))
+
+
+def _openai_preference(record: MappingABC[str, Any]) -> dict:
     _require(record, "input", "preferred_output", "non_preferred_output")
     source = record["input"]
-    if not isinstance(source, dict) or not isinstance(source.get("messages"), list) or not source["messages"]:
+    if not isinstance(source, dict):
+        raise PreferenceError("not_a_conversation", f"'input' is {type(source).__name__}, not an object")
+    if not isinstance(source.get("messages"), list) or not source["messages"]:
         raise PreferenceError("prompt_missing", "'input' has no list of messages")
-    prompt = source["messages"]
-    sides = []
-    for column, side in (("preferred_output", "chosen"), ("non_preferred_output", "rejected")):
-        answer = _messages(record[column], column, "assistant")
-        sides.append(
-            _conversation({"messages": _flat(prompt + answer), "tools": source.get("tools")}, "openai", side)
-        )
-    return sides[0], sides[1]
+    answers = [_messages(record[c], c, "assistant") for c in ("preferred_output", "non_preferred_output")]
+    return _explicit(source["messages"], answers, source.get("tools"), "openai")
 
 
-def _sharegpt(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+def _sharegpt(record: MappingABC[str, Any]) -> dict:
     _require(record, "conversations", "chosen", "rejected")
     turns = record["conversations"]
     if not isinstance(turns, list):
         raise PreferenceError("not_a_conversation", "'conversations' is not a list of turns")
-    sides = []
+    answers = []
     for side in ("chosen", "rejected"):
         answer = record[side] if isinstance(record[side], list) else [record[side]]
         for turn in answer:
-            if isinstance(turn, dict) and not str(turn.get("value") or "").strip():
+            said = isinstance(turn, dict) and str(turn.get("value") or "").strip()
+            if isinstance(turn, dict) and turn.get("from") in ("gpt", "assistant") and not said:
                 raise PreferenceError("empty_side", f"{side} has an empty turn")
-        whole = {**record, "conversations": turns + answer}
-        sides.append(_conversation(whole, "sharegpt", side))
-    return sides[0], sides[1]
+        answers.append(answer)
+    extra = {k: v for k, v in record.items() if k not in ("conversations", "chosen", "rejected", "tools")}
+    return _explicit(turns, answers, record.get("tools"), "sharegpt", extra)
 
 
-def _messages_pair(record: MappingABC[str, Any]) -> tuple[dict, dict]:
+def _messages_pair(record: MappingABC[str, Any]) -> dict:
     _require(record, "chosen_messages", "rejected_messages")
     sides = []
     for column, side in (("chosen_messages", "chosen"), ("rejected_messages", "rejected")):
         messages = record[column]
         if not isinstance(messages, list):
             raise PreferenceError("not_a_conversation", f"{column!r} is not a list of messages")
+        _refuse_empty(_flat(messages)[-1:], side)
         sides.append(
             _conversation({"messages": _flat(messages), "tools": record.get("tools")}, "openai", side)
         )
-    return sides[0], sides[1]
+    return pair_of(sides[0], sides[1])
 
 
 def _kto(record: MappingABC[str, Any]) -> dict:
@@ -312,34 +347,29 @@ def _kto(record: MappingABC[str, Any]) -> dict:
         messages = record["messages"]
         if not isinstance(messages, list):
             raise PreferenceError("not_a_conversation", "'messages' is not a list of messages")
+        answer_turns = None
+        _refuse_empty(_flat(messages)[-1:], "completion")
     else:
         _require(record, "prompt", "completion")
-        messages = _messages(record["prompt"], "prompt", "user") + _messages(
-            record["completion"], "completion", "assistant"
-        )
-    prompt, completion = _split(
-        _conversation({"messages": _flat(messages), "tools": tools}, "openai", "completion"), "completion"
-    )
-    return {"prompt": prompt, "completion": completion, "label": label, "tools": _tools_of(tools)}
-
-
-def _tools_of(tools: Any) -> list:
-    try:
-        return conv.prompt([{"role": "user", "content": "."}], tools)["tools"]
-    except conv.ConversationError as exc:
-        raise PreferenceError(exc.reason, exc.detail) from None
+        completion = _messages(record["completion"], "completion", "assistant")
+        _refuse_empty(completion, "completion")
+        messages = _messages(record["prompt"], "prompt", "user") + completion
+        answer_turns = len(completion)
+    whole = _conversation({"messages": _flat(messages), "tools": tools}, "openai", "completion")
+    prompt, completion = _split(whole, "completion", answer_turns)
+    return {"prompt": prompt, "completion": completion, "label": label, "tools": whole.get("tools", [])}
 
 
 def _flat(messages: list) -> list:
-    """Messages with typed content parts (LLaMA-Factory v1, OpenAI) as plain text content; LLaMA-Factory's
-    per-turn ``loss_weight`` is dropped (the answer after the prompt is what a preference objective
-    learns from). A part that is not text (an image) refuses the row."""
+    """Messages with typed content parts (LLaMA-Factory v1, OpenAI) as plain text content; per-turn weights
+    (LLaMA-Factory's ``loss_weight``, SFT's ``weight``) are dropped: the answer after the prompt is what a
+    preference objective learns from. A part that is not text (an image) refuses the row."""
     out = []
     for turn, message in enumerate(messages, 1):
         if not isinstance(message, dict):
             out.append(message)  # the conversation reader says what is wrong with it
             continue
-        message = {k: v for k, v in message.items() if k != "loss_weight"}
+        message = {k: v for k, v in message.items() if k not in ("loss_weight", "weight")}
         content = message.get("content")
         if isinstance(content, list):
             texts = []

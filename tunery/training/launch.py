@@ -139,15 +139,22 @@ def local_world_info(num_processes: int) -> str:
     return base64.urlsafe_b64encode(world.encode("utf-8")).decode("ascii")
 
 
+THREAD_CAP = "TUNERY_MAX_CPU_THREADS"  # caps each rank's torch CPU threads (a machine shared with other work)
+
+
 def threads_per_process(recipe: Recipe) -> int:
     """torch CPU threads of each rank: ``training.num_threads``, else the machine's cores shared by the
-    ranks, capped by an ``OMP_NUM_THREADS`` the caller exported (a machine shared with other work: more
-    threads than cores make OpenMP spin against itself)."""
+    ranks, capped by ``TUNERY_MAX_CPU_THREADS`` where the caller set it (a machine shared with other jobs:
+    more threads than cores make OpenMP spin against itself). An inherited ``OMP_NUM_THREADS`` is not
+    taken: images often preset it to 1, which would quietly slow every job."""
     if recipe.training.num_threads:
         return recipe.training.num_threads
     share = max(1, (os.cpu_count() or 1) // recipe.distributed.num_processes)
-    exported = os.environ.get("OMP_NUM_THREADS", "")
-    return min(share, int(exported)) if exported.isdigit() and int(exported) >= 1 else share
+    cap = os.environ.get(THREAD_CAP, "").strip()
+    try:
+        return max(1, min(share, int(cap))) if cap else share
+    except ValueError:
+        raise ValueError(f"{THREAD_CAP}={cap!r} is not a whole number of threads") from None
 
 
 def job_environment(recipe: Recipe, port: int, cuda: bool) -> dict[str, str]:
