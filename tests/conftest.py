@@ -213,9 +213,10 @@ def flow_run_messages(flow_run_id) -> list[str]:
 
 def pytest_collection_modifyitems(config, items):
     """The longest modules first (``tests/module_seconds.json``: measured seconds per slow module), the rest
-    in their usual order. With two xdist workers (``make test``: ``--dist loadfile --no-loadscope-reorder``
-    hands whole modules out in this order) the long ones start early and the many short ones fill the
-    gaps, instead of one long module running alone at the end. One process runs them in this order too."""
+    in their usual order. With two xdist workers (``make test TEST_WORKERS=2``: ``--dist loadfile
+    --no-loadscope-reorder`` hands whole modules out in this order) the long ones start early and the many
+    short ones fill the gaps, instead of one long module running alone at the end. One process runs them
+    in this order too."""
     import json
 
     seconds = json.loads((REPO / "tests" / "module_seconds.json").read_text(encoding="utf-8"))
