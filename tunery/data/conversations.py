@@ -57,10 +57,13 @@ SHAREGPT_ROLES = {
 
 
 class ConversationError(ValueError):
-    """A conversation tunery will not train on; ``reason`` is a key of :data:`REASONS`."""
+    """A conversation tunery will not train on; ``reason`` is a key of the class's ``reasons`` (here
+    :data:`REASONS`; a subclass for other data brings its own table)."""
+
+    reasons = REASONS
 
     def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
+        assert reason in self.reasons, reason
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -52,14 +52,10 @@ REASONS = {
 }
 
 
-class PreferenceError(ValueError):
+class PreferenceError(conv.ConversationError):
     """A preference row tunery will not train on; ``reason`` is a key of :data:`REASONS`."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    reasons = REASONS
 
 
 def detect_format(columns: Iterable[str]) -> str:
