@@ -528,3 +528,40 @@ def json_of(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text())
+
+
+def test_the_export_check_holds_a_bounded_number_of_logits_and_still_catches_a_bad_merge(
+    models, tmp_path, monkeypatch
+):
+    """16 rows of a LM with a large output are checked on the rows that fit the logit budget (one at least),
+    and a merge that drops the adapters is caught on those rows as well."""
+    from tunery.training import export
+
+    base, recipe = build("lora", "sft", "llama", models)
+    seen = []
+    real_logits = export._logits
+    monkeypatch.setattr(
+        export, "_logits", lambda m, inputs: seen.append(inputs["input_ids"].shape) or real_logits(m, inputs)
+    )
+    width = base.get_output_embeddings().weight.shape[0]
+    batch = make_batch("sft", "llama", models["llama"])
+    rows = 16
+    ids = batch["input_ids"][:1].repeat(rows, 1)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    budget_rows = 3
+    monkeypatch.setattr(export, "CHECK_LOGITS_BUDGET", budget_rows * ids.shape[1] * width + 1)
+
+    model = apply_method(base, recipe)
+    _plant_adapter_weights(model)
+    assert export_model(model, tmp_path / "good", inputs)["format"] == "merged"
+    assert seen and all(shape[0] == budget_rows for shape in seen), seen
+
+    base, recipe = build("lora", "sft", "llama", models)
+    model = apply_method(base, recipe)
+    _plant_adapter_weights(model)
+    monkeypatch.setattr(model, "merge_and_unload", model.unload)
+    monkeypatch.setattr(export, "CHECK_LOGITS_BUDGET", 1)  # even a budget below one row keeps one row
+    seen.clear()
+    with pytest.raises(ExportMismatchError, match="max abs diff"):
+        export_model(model, tmp_path / "bad", inputs)
+    assert seen and all(shape[0] == 1 for shape in seen), seen

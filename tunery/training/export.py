@@ -40,6 +40,11 @@ DEFAULT_TOLERANCE = 1e-4
 # (trained): ~2-4e-6 of the largest logit. A wrong merge (a dropped or doubled adapter, a corrupted base)
 # moves logits by whole units.
 RELATIVE_TOLERANCE = 1e-5
+# The checks hold two or three copies of the sample's logits at once: rows x tokens x output width floats.
+# For a causal LM the width is the vocabulary (49k for SmolLM2), so 16 rows of 512 tokens are 1.6 GB a copy.
+# The sample is cut to this many logits (2 rows of 512 tokens there); a wrong merge moves every position's
+# logits, so a few full rows find it as surely as sixteen.
+CHECK_LOGITS_BUDGET = 2**26
 
 
 class ExportMismatchError(RuntimeError):
@@ -77,6 +82,32 @@ def _max_abs_diff(a, b) -> float:
     if a.shape != b.shape:
         return float("inf")
     return float((a.float().cpu() - b.float().cpu()).abs().max())
+
+
+def _logits_per_row(model, tokens: int) -> int | None:
+    """How many logits one input row gives: tokens x vocabulary for a LM head, the labels for a
+    classification head, None when the model shows neither."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return tokens * int(head.weight.shape[0])
+    labels = getattr(getattr(model, "config", None), "num_labels", None)
+    return int(labels) if labels else None
+
+
+def _bounded(model, sample_inputs: dict) -> dict:
+    """The first rows of ``sample_inputs`` whose logits fit CHECK_LOGITS_BUDGET (at least one row)."""
+    ids = sample_inputs.get("input_ids")
+    if ids is None or getattr(ids, "dim", lambda: 0)() < 2:
+        return dict(sample_inputs)
+    rows = int(ids.shape[0])
+    per_row = _logits_per_row(model, int(ids.shape[1]))
+    keep = rows if not per_row else max(1, CHECK_LOGITS_BUDGET // per_row)
+    if keep >= rows:
+        return dict(sample_inputs)
+    return {
+        k: v[:keep] if getattr(v, "dim", lambda: 0)() and v.shape[0] == rows else v
+        for k, v in sample_inputs.items()
+    }
 
 
 def allowed_difference(reference, tolerance: float) -> float:
@@ -138,7 +169,8 @@ def export_model(model, out_dir: Path, sample_inputs: dict, tolerance: float = D
         model.save_pretrained(out_dir)
         _write_meta(out_dir, {"format": "full"})
         return {"format": "full", "max_abs_diff": None, "quantization_gap": None}
-    inputs = {k: v.to(_device(model)) if hasattr(v, "to") else v for k, v in sample_inputs.items()}
+    inputs = _bounded(model, sample_inputs)
+    inputs = {k: v.to(_device(model)) if hasattr(v, "to") else v for k, v in inputs.items()}
     if model.active_peft_config.is_prompt_learning:
         return _export_adapter(model, out_dir, inputs, tolerance)
     return _export_merged(model, out_dir, inputs, tolerance)

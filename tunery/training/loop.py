@@ -183,6 +183,9 @@ def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, 
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
+        # sft validates on the loss alone: gathering its logits (rows x tokens x vocabulary) for no metric
+        # held gigabytes (6.4 GB peak for a tiny Llama with SmolLM2's 49k vocabulary at 512 tokens)
+        prediction_loss_only=recipe.task == "sft",
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
