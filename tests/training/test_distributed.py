@@ -9,6 +9,7 @@ import re
 import pytest
 
 from tests.training.test_loop import recipe_for, write_splits
+from tunery.training import launch
 from tunery.training.launch import (
     TrainingJobFailed,
     build_command,
@@ -32,7 +33,7 @@ def logged_losses(lines: list[str]) -> dict[int, float]:
     return {int(m[1]): float(m[3]) for m in map(STEP_LINE.match, lines) if m}
 
 
-def test_zero2_two_processes_trains_and_loss_is_not_scaled(tiny_bert, tmp_path):
+def test_zero2_two_processes_trains_and_loss_is_not_scaled(tiny_bert, tmp_path, monkeypatch):
     overrides = {"max_steps": 12, "logging_steps": 2, "save_steps": 100, "learning_rate": 1e-3}
     single = recipe_for(tiny_bert, "full", tmp_path / "one", **overrides)
     lines_1 = run(single, write_splits(tmp_path / "one"))
@@ -44,7 +45,17 @@ def test_zero2_two_processes_trains_and_loss_is_not_scaled(tiny_bert, tmp_path):
         }
     )
     layout = write_splits(tmp_path / "two")
+    released: list[str] = []
+    real_release = launch.release_shared_memory
+    monkeypatch.setattr(
+        launch, "release_shared_memory", lambda port: released.extend(real_release(port)) or released
+    )
     lines_2 = run(double, layout)
+    # DeepSpeed's CPU allreduce left one shared-memory buffer per rank; the launcher removed both
+    port = next(re.search(r"--master_port=(\d+)", line)[1] for line in lines_2 if "--master_port=" in line)
+    assert sorted(name.rsplit("_", 1)[1] for name in released) == ["0", "1"], released
+    assert all(f"_{port}_" in name for name in released)
+    assert not list(launch.SHM_DIR.glob(f"{launch.SHM_BUFFER}_*_{port}_*"))
 
     # DeepSpeed's launcher started the job and spawned both ranks
     assert any("-m deepspeed.launcher.launch --world_info=" in line for line in lines_2)
@@ -147,3 +158,23 @@ def test_zero2_job_retried_after_its_last_step_trains_no_extra_step(tiny_bert, t
     assert resumed["validation"]["loss"] == pytest.approx(first["validation"]["loss"], abs=1e-5)
     assert (layout.model_dir / "model.safetensors").exists()
     assert not (layout.checkpoints / "checkpoint-7").exists()
+
+
+def test_orphaned_shared_memory_buffers_are_removed_and_mapped_ones_kept(tmp_path):
+    """Buffers no process maps (a job whose launching process was killed) are removed; a mapped one (a job
+    still running) and another user's are left alone."""
+    import mmap
+    import os
+
+    uid = os.getuid()
+    orphan = tmp_path / f"{launch.SHM_BUFFER}_{uid}_127.0.0.1_40001_0"
+    alive = tmp_path / f"{launch.SHM_BUFFER}_{uid}_127.0.0.1_40002_0"
+    other_user = tmp_path / f"{launch.SHM_BUFFER}_{uid + 1}_127.0.0.1_40003_0"
+    unrelated = tmp_path / "some_other_segment"
+    for path in (orphan, alive, other_user, unrelated):
+        path.write_bytes(b"\0" * 4096)
+    with alive.open("r+b") as handle, mmap.mmap(handle.fileno(), 4096):
+        removed = launch.release_orphaned_shared_memory(tmp_path)
+    assert removed == [orphan.name]
+    assert not orphan.exists() and alive.exists() and other_user.exists() and unrelated.exists()
+    assert launch.release_shared_memory(40002, tmp_path) == [alive.name] and not alive.exists()
