@@ -178,3 +178,20 @@ def test_orphaned_shared_memory_buffers_are_removed_and_mapped_ones_kept(tmp_pat
     assert removed == [orphan.name]
     assert not orphan.exists() and alive.exists() and other_user.exists() and unrelated.exists()
     assert launch.release_shared_memory(40002, tmp_path) == [alive.name] and not alive.exists()
+
+
+def test_cpu_jobs_keep_freed_memory_for_reuse_unless_the_caller_chose_otherwise(
+    tiny_bert, tmp_path, monkeypatch
+):
+    """glibc's mmap threshold makes every large CPU tensor a fresh mapping (launch.CPU_MALLOC): CPU jobs get
+    the heap settings, a value the caller exported wins, and GPU jobs are left alone."""
+    recipe = recipe_for(tiny_bert, "full", tmp_path)
+    for name in launch.CPU_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    cpu = job_environment(recipe, 29500, cuda=False)
+    assert {k: cpu[k] for k in launch.CPU_MALLOC} == launch.CPU_MALLOC
+    assert cpu["MALLOC_MMAP_MAX_"] == "0" and int(cpu["MALLOC_TRIM_THRESHOLD_"]) >= 2**32
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert job_environment(recipe, 29500, cuda=False)["MALLOC_MMAP_MAX_"] == "65536"
+    monkeypatch.delenv("MALLOC_MMAP_MAX_")
+    assert not set(launch.CPU_MALLOC) & set(job_environment(recipe, 29500, cuda=True))

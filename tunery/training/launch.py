@@ -157,13 +157,24 @@ def threads_per_process(recipe: Recipe) -> int:
         raise ValueError(f"{THREAD_CAP}={cap!r} is not a whole number of threads") from None
 
 
+# glibc's malloc serves every allocation above 32 MB with a fresh mmap and returns it on free: a CPU training
+# step that builds and drops logits of (tokens x vocabulary) floats then faults in and zeroes gigabytes of
+# new pages each time. Kept in the heap instead (no mmap, no trimming), the memory is reused: measured on a
+# tiny Llama with SmolLM2's 49k vocabulary (DPO, 4 pairs of 1,024 tokens), 14.1 -> 5.4 s a step, kernel
+# time 154 -> 5 s, peak RSS 5.1 -> 5.8 GB. A value the caller set is kept.
+CPU_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
 def job_environment(recipe: Recipe, port: int, cuda: bool) -> dict[str, str]:
-    """Environment of the job: single-process rendezvous variables, CPU accelerator, thread split."""
+    """Environment of the job: single-process rendezvous variables, CPU accelerator, thread split and
+    allocator settings."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(recipe.workdir) / "torch_extensions"))
     if not cuda:
         env["DS_ACCELERATOR"] = "cpu"
         env["OMP_NUM_THREADS"] = str(threads_per_process(recipe))
+        for name, value in CPU_MALLOC.items():
+            env.setdefault(name, value)
     env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     # Rank variables come from the launcher; stale ones from a parent job must not leak into this one.
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
