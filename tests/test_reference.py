@@ -60,7 +60,8 @@ def test_each_example_recipe_validates(tmp_path, task):
     path.write_text(result.stdout)
     recipe = load_recipe(path)
     assert recipe.task == {"chat": "sft"}.get(task, task)
-    assert recipe.model.base == {"classification": "minilm", "sft": "smollm2", "chat": "smollm2"}[task]
+    bases = {"classification": "minilm", "sft": "smollm2", "chat": "smollm2", "preference": "smollm2"}
+    assert recipe.model.base == bases[task]
     assert (recipe.data.conversation is not None) == (task == "chat")
 
 

@@ -86,3 +86,13 @@ class RunLayout:
     @property
     def metrics(self) -> Path:
         return self.eval_dir / "metrics.json"
+
+    @property
+    def start_dir(self) -> Path:
+        """The registered model training starts from, downloaded (``model.init_from: NAME@champion``)."""
+        return self.root / "start"
+
+    @property
+    def parent(self) -> Path:
+        """``parent.json``: which registered version (or run) ``start_dir`` is (the new model's lineage)."""
+        return self.root / "parent.json"

@@ -103,6 +103,9 @@ def train(
     from tunery.evaluation import artifacts
     from tunery.training.launch import launch_training
 
+    recipe = registry.resolve_start(recipe, layout)  # model.init_from: NAME@champion -> its model folder
+    if recipe.model.init_from and layout.parent.exists():
+        progress("train", f"training starts from {layout.parent.read_text(encoding='utf-8')}")
     model_dir = launch_training(recipe, layout, run_id, on_line=lambda line: on_line(tracking.redact(line)))
     try:
         history = artifacts.training_history(tracking.client(recipe), run_id)
@@ -133,7 +136,16 @@ def evaluate(recipe: Recipe, layout: RunLayout, progress: Progress = _silent) ->
     """
     from tunery.evaluation.evaluate import evaluate as evaluate_run
 
+    recipe = registry.resolve_start(recipe, layout)  # the downloaded start model, not the reference
     champion_version = registry.current_champion(recipe)
+    if recipe.task == "preference":  # its answers are scored from the model folder, not the pyfunc
+        folder = (
+            registry.download_model_dir(recipe, champion_version, layout.root / "champion")
+            if champion_version
+            else None
+        )
+        path = evaluate_run(recipe, layout, None, champion_version, progress=progress, champion_dir=folder)
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     champion = registry.load_predictor(recipe, champion_version) if champion_version else None
     path = evaluate_run(recipe, layout, champion, champion_version, progress=progress)
     return json.loads(Path(path).read_text(encoding="utf-8"))

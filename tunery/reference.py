@@ -125,14 +125,46 @@ mlflow:
   experiment: my-chat-assistant
   registered_model: my-chat-assistant
 """,
+    "preference": """\
+# tunery run preference.yaml
+# A starting recipe: `tunery recipe --example preference > preference.yaml`. Point data.source at preference
+# pairs (TRL prompt/chosen/rejected, OpenAI preference rows, LLaMA-Factory ranking rows or KTO rows with a
+# label; detected per file) and model.init_from at your SFT model, then `tunery validate preference.yaml`.
+# Every field: `tunery recipe` (docs/recipe.md).
+name: my-assistant-dpo
+task: preference
+data:
+  source: data/my-preferences/       # files, a glob, or an fsspec URI
+model:
+  base: smollm2                      # the tokenizer and chat template; baselines
+  max_length: 1024                   # prompt + longer answer; longer pairs are quarantined, never cut
+  init_from: null                    # e.g. my-chat-assistant@champion: preference-tune the SFT champion
+method:
+  name: lora                         # the reference model is this model with its adapters off
+  lora: {r: 8, alpha: 16, dropout: 0.05}
+training:
+  epochs: 1
+  batch_size: 4
+  learning_rate: 5.0e-5
+preference:
+  objective: dpo                     # dpo | ipo | orpo | kto
+  beta: 0.1
+  format: auto                       # trl | openai | sharegpt | messages | kto | auto
+evaluation:
+  generation_samples: 16             # test prompts answered by the model and the champion, side by side
+  gate: {primary_metric: preference_accuracy, min_improvement: 0.0}
+mlflow:
+  experiment: my-assistant-dpo
+  registered_model: my-assistant-dpo
+""",
 }
 
 _NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 
 
 def example_recipe(task: str) -> str:
-    """A commented starting recipe for ``task`` (``classification``, ``sft``, or ``chat``: sft on
-    conversations) that validates as is.
+    """A commented starting recipe for ``task`` (``classification``, ``sft``, ``chat``: sft on
+    conversations, or ``preference``) that validates as is.
 
     Raises:
         ValueError: ``task`` has no example.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -164,6 +165,11 @@ def _pyfunc(recipe: Recipe, layout: RunLayout):
     from tunery.serving.pyfunc import ChatModel, InstructionModel, TextClassifierModel, predictions_frame
 
     test = pd.read_parquet(layout.split("test"))
+    if recipe.task == "preference":  # an assistant: it answers chat messages like an SFT chat model
+        first = json.loads(test["pair"].iloc[0])
+        example = _as_json(pd.DataFrame({"messages": [first["prompt"]], "tools": [first["tools"]]}))
+        output = pd.DataFrame({"content": ["an answer"], "tool_calls": ["[]"], "raw": ["an answer"]})
+        return ChatModel(), example, output
     if recipe.data.conversation is not None:
         first = json.loads(test["conversation"].iloc[0])
         turn = next(i for i, m in enumerate(first["messages"]) if m["role"] == "assistant")
@@ -184,8 +190,8 @@ def pyfunc_signature(recipe: Recipe, layout: RunLayout):
     classification: ``text`` (string) in; ``label`` (string, null for a row with an ``error``),
     ``prob_<label>`` (double) per class and ``error`` ('' or a quarantine reason code) out.
     sft: ``instruction`` and optional ``input`` (strings) in, ``answer`` out; param ``max_new_tokens``.
-    conversations: ``messages`` and optional ``tools`` (JSON text) in; ``content``, ``tool_calls`` (JSON
-    text) and ``raw`` out; param ``max_new_tokens``.
+    conversations and preference-tuned models: ``messages`` and optional ``tools`` (JSON text) in;
+    ``content``, ``tool_calls`` (JSON text) and ``raw`` out; param ``max_new_tokens``.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -193,7 +199,7 @@ def pyfunc_signature(recipe: Recipe, layout: RunLayout):
     from tunery.layout import MODEL_META
 
     budget = ParamSchema([ParamSpec("max_new_tokens", "long", recipe.sft.generation_max_new_tokens)])
-    if recipe.data.conversation is not None:
+    if recipe.data.conversation is not None or recipe.task == "preference":
         return ModelSignature(
             inputs=Schema([ColSpec("string", "messages"), ColSpec("string", "tools", required=False)]),
             outputs=Schema([ColSpec("string", n) for n in ("content", "tool_calls", "raw")]),
@@ -320,6 +326,7 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
         "tunery.git_commit": git_commit(),
         **_split_digest_tags(layout),
         **_lineage_tags(layout),
+        **_parent_tags(layout),
         f"tunery.test.{recipe.evaluation.gate.metric(recipe.task)}": f"{decision.challenger_score:.6f}",
     }
     if decision.ci_low is not None:
@@ -409,8 +416,9 @@ def evaluated_champion_dir(recipe: Recipe, layout: RunLayout) -> Path | None:
     return download_model_dir(recipe, str(version), layout.root / "champion")
 
 
-def download_model_dir(recipe: Recipe, version: str, target: Path) -> Path:
-    """The exported model folder inside a registered pyfunc version's artifacts."""
+def download_model_dir(recipe: Recipe, version: str, target: Path, uri: str | None = None) -> Path:
+    """The exported model folder inside a registered pyfunc version's artifacts (of the recipe's model, or
+    at the MLflow ``uri`` given: ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``)."""
     import mlflow
 
     from tunery.layout import MODEL_META
@@ -418,17 +426,104 @@ def download_model_dir(recipe: Recipe, version: str, target: Path) -> Path:
 
     client(recipe)
     scratch = Path(tempfile.mkdtemp(prefix="tunery-warm-"))
+    uri = uri or f"models:/{recipe.mlflow.registered_model}/{version}"
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{recipe.mlflow.registered_model}/{version}", dst_path=str(scratch)
-            )
-        )
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(scratch)))
         meta = next(local.rglob(MODEL_META), None)
         if meta is None:
-            raise FileNotFoundError(f"model version {version} has no {MODEL_META}: not a tunery model")
+            raise FileNotFoundError(f"{uri} has no {MODEL_META}: not a tunery model")
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(meta.parent, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+# ------------------------------------------------------------------------------------------------ chaining
+
+_RUN_REFERENCE = re.compile(r"runs:/([0-9a-f]{32})(/.*)?")
+_MODEL_REFERENCE = re.compile(r"(?:models:/)?([A-Za-z0-9_.-]+)(?:@([A-Za-z0-9_.-]+)|/(\d+))")
+
+
+def start_reference(init_from: str | None) -> tuple[str, str, str | None] | None:
+    """``model.init_from`` as a registry reference: ``(kind, name or run id, alias or version)`` for
+    ``NAME@ALIAS``, ``NAME@VERSION``, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` and
+    ``runs:/RUN_ID[/model]``; None for a local folder or a hub id (``org/name``)."""
+    if not init_from or Path(init_from).exists():
+        return None
+    if run := _RUN_REFERENCE.fullmatch(init_from):
+        return "run", run[1], None
+    model = _MODEL_REFERENCE.fullmatch(init_from)
+    if model and ("@" in init_from or init_from.startswith("models:/")):
+        return "model", model[1], model[2] or model[3]
+    return None
+
+
+def resolve_start(recipe: Recipe, layout: RunLayout) -> Recipe:
+    """The recipe to train and evaluate with: a registry reference in ``model.init_from`` (an SFT champion,
+    say) downloaded into ``<run>/start`` and named in ``<run>/parent.json``; other recipes unchanged.
+
+    Raises:
+        ValueError: the reference names no version, or a model of another kind (a classifier for a
+            generative task), or a prompt-learning adapter (virtual tokens cannot seed new weights).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tunery.layout import MODEL_META
+
+    reference = start_reference(recipe.model.init_from)
+    if reference is None:
+        return recipe
+    kind, name, which = reference
+    parent = json.loads(layout.parent.read_text(encoding="utf-8")) if layout.parent.exists() else None
+    if parent is None or parent.get("reference") != recipe.model.init_from or not layout.start_dir.is_dir():
+        mlf = client(recipe)
+        try:
+            if kind == "run":
+                run_id, version, uri = name, None, f"runs:/{name}/model"
+                mlf.get_run(run_id)
+            else:
+                mv = (
+                    mlf.get_model_version(name, which)
+                    if which.isdigit()
+                    else mlf.get_model_version_by_alias(name, which)
+                )
+                run_id, version, uri = mv.run_id, str(mv.version), f"models:/{name}/{mv.version}"
+        except MlflowException as exc:
+            raise ValueError(
+                f"model.init_from {recipe.model.init_from}: no such model ({exc.message})"
+            ) from None
+        download_model_dir(recipe, version or "", layout.start_dir, uri=uri)
+        parent = {
+            "reference": recipe.model.init_from,
+            "model": name if kind == "model" else None,
+            "version": version,
+            "run_id": run_id,
+        }
+        layout.parent.write_text(json.dumps(parent, indent=2), encoding="utf-8")
+    meta = json.loads((layout.start_dir / MODEL_META).read_text(encoding="utf-8"))
+    generative = ("sft", "preference")
+    if (meta.get("task") in generative) != (recipe.task in generative):
+        raise ValueError(
+            f"model.init_from {recipe.model.init_from} is a {meta.get('task')} model: it cannot start a "
+            f"{recipe.task} run"
+        )
+    if meta.get("export_format") == "adapter":
+        raise ValueError(
+            f"model.init_from {recipe.model.init_from} is a {meta.get('method')} adapter: its virtual tokens "
+            "cannot seed new weights (start from its base, or from a LoRA/full model)"
+        )
+    start = str(layout.start_dir)
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update={"init_from": start})})
+
+
+def _parent_tags(layout: RunLayout) -> dict[str, str]:
+    """The registered version the model was trained from (``model.init_from``), as version tags."""
+    if not layout.parent.exists():
+        return {}
+    parent = json.loads(layout.parent.read_text(encoding="utf-8"))
+    named = f"{parent['model']} version {parent['version']}" if parent.get("model") else "a run's model"
+    tags = {"tunery.parent": f"{named} (run {parent['run_id']})", "tunery.parent.run_id": parent["run_id"]}
+    if parent.get("model"):
+        tags.update({"tunery.parent.model": parent["model"], "tunery.parent.version": parent["version"]})
+    return tags

@@ -190,8 +190,37 @@ class SftConfig(Section):
     )
 
 
+class PreferenceConfig(Section):
+    """Preference tuning (task: preference) on TRL's trainers: pairs of a chosen and a rejected answer to one
+    prompt (dpo, ipo, orpo), or single answers labelled desirable or not (kto).
+
+    Data formats (``format``): ``trl`` (``prompt``/``chosen``/``rejected``, text or messages), ``openai``
+    (``input.messages``, ``preferred_output``, ``non_preferred_output``), ``sharegpt`` (LLaMA-Factory:
+    ``conversations`` + ``chosen``/``rejected`` turns), ``messages`` (``chosen_messages`` and
+    ``rejected_messages``) and ``kto`` (``messages`` or ``prompt``/``completion``, a boolean ``label``)."""
+
+    objective: Literal["dpo", "ipo", "orpo", "kto"] = Field(
+        "dpo",
+        description="dpo: direct preference optimisation (sigmoid loss); ipo: DPO's IPO loss; orpo: odds "
+        "ratio (no reference model); kto: Kahneman-Tversky (unpaired rows with a label).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0.0,
+        le=10.0,
+        description="dpo/ipo/kto: strength of the pull towards the reference model; "
+        "orpo: weight of the odds-ratio term (TRL's beta, lambda in the paper).",
+    )
+    format: Literal["auto", "trl", "openai", "sharegpt", "messages", "kto"] = Field(
+        "auto", description="Preference data format; 'auto' decides from the columns of each file."
+    )
+    desirable_weight: float = Field(1.0, gt=0.0, description="kto: loss weight of desirable answers.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="kto: loss weight of undesirable answers.")
+
+
 CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall")
 SFT_METRICS = ("rouge_l", "exact_match")
+PREFERENCE_METRICS = ("preference_accuracy", "reward_accuracy")
 REDACTED = "***"  # what a URI shows instead of its password: `user:***@host`
 
 
@@ -200,12 +229,21 @@ class GateConfig(Section):
 
     primary_metric: (
         Literal[
-            "macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall", "rouge_l", "exact_match"
+            "macro_f1",
+            "accuracy",
+            "weighted_f1",
+            "macro_precision",
+            "macro_recall",
+            "rouge_l",
+            "exact_match",
+            "preference_accuracy",
+            "reward_accuracy",
         ]
         | None
     ) = Field(
         None,
-        description="Metric a challenger must improve to become champion (default: macro_f1; sft: rouge_l).",
+        description="Metric a challenger must improve to become champion (default: macro_f1; sft: rouge_l; "
+        "preference: preference_accuracy).",
     )
     min_improvement: float = Field(
         0.0, ge=0.0, description="A challenger must beat the champion by more than this margin."
@@ -213,7 +251,8 @@ class GateConfig(Section):
 
     def metric(self, task: str) -> str:
         """The primary metric for a task (the recipe's, else the task's default)."""
-        return self.primary_metric or ("rouge_l" if task == "sft" else "macro_f1")
+        default = {"sft": "rouge_l", "preference": "preference_accuracy"}.get(task, "macro_f1")
+        return self.primary_metric or default
 
 
 class EvaluationConfig(Section):
@@ -344,9 +383,10 @@ class Recipe(Section):
     """A complete fine-tuning recipe."""
 
     name: str = Field(..., min_length=1, description="Short name of the job, used in run names.")
-    task: Literal["classification", "sft"] = Field(
+    task: Literal["classification", "sft", "preference"] = Field(
         "classification",
-        description="classification: an encoder learns labels; sft: a decoder learns to answer instructions.",
+        description="classification: an encoder learns labels; sft: a decoder learns to answer instructions; "
+        "preference: a decoder (an SFT model, usually) learns which of two answers people prefer.",
     )
     data: DataConfig
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
@@ -356,6 +396,7 @@ class Recipe(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     continuous: ContinuousConfig | None = Field(
         None, description="Continuous learning from a drop zone (the `continuous-learning` flow)."
@@ -372,16 +413,20 @@ class Recipe(Section):
         if ds.startswith("zero3") and method == "qlora":
             raise ValueError("`method.name: qlora` cannot be combined with DeepSpeed ZeRO-3 (4-bit weights)")
         metric = self.evaluation.gate.metric(self.task)
-        allowed = SFT_METRICS if self.task == "sft" else CLASSIFICATION_METRICS
+        allowed = {"sft": SFT_METRICS, "preference": PREFERENCE_METRICS}.get(
+            self.task, CLASSIFICATION_METRICS
+        )
         if metric not in allowed:
             raise ValueError(
                 f"`evaluation.gate.primary_metric: {metric}` does not apply to task {self.task}; "
                 f"use one of {', '.join(allowed)}"
             )
-        if self.task == "sft" and self.training.early_stopping_metric != "loss":
-            raise ValueError("`training.early_stopping_metric` must be 'loss' for task sft")
-        if self.task == "classification" and self.sft.packing:
+        if self.task != "classification" and self.training.early_stopping_metric != "loss":
+            raise ValueError(f"`training.early_stopping_metric` must be 'loss' for task {self.task}")
+        if self.task != "sft" and self.sft.packing:
             raise ValueError("`sft.packing` only applies to task sft")
+        if self.task == "preference":
+            self._check_preference()
         if self.task != "sft" and self.data.conversation is not None:
             raise ValueError("`data.conversation` (conversation data) needs `task: sft`")
         if (
@@ -398,6 +443,30 @@ class Recipe(Section):
                 "`distributed.hostfile` (multi-node) needs a DeepSpeed config in `distributed.deepspeed`"
             )
         return self
+
+    def _check_preference(self) -> None:
+        """What TRL's preference trainers cannot do with this recipe, said before any data is read."""
+        method, ds = self.method.name, self.distributed.deepspeed
+        if method in PEFT_PROMPT_METHODS:
+            raise ValueError(
+                f"`method.name: {method}` cannot be preference-tuned (TRL scores answers without virtual "
+                "tokens); use lora, qlora, ia3 or full"
+            )
+        reference = self.preference.objective != "orpo"
+        if method == "full" and reference and ds.startswith("zero3"):
+            raise ValueError(
+                f"`preference.objective: {self.preference.objective}` with `method.name: full` needs an "
+                "explicit reference model (a second full copy), which tunery does not run under ZeRO-3: use "
+                "method lora (the adapter-disabled model is the reference, no copy), objective orpo (no "
+                "reference), or zero2"
+            )
+        if self.preference.objective == "kto" and self.training.batch_size < 2:
+            raise ValueError(
+                "`preference.objective: kto` needs `training.batch_size` >= 2 (its KL estimate pairs each "
+                "answer with another prompt of the same batch)"
+            )
+        if self.continuous is not None and self.continuous.forgetting_metric == "rouge_l":
+            raise ValueError("`continuous.forgetting_metric: rouge_l` needs task sft (preference: auto)")
 
     def digest(self) -> str:
         """A short content hash of the recipe, stable across key order."""

@@ -89,10 +89,19 @@ def stage_keys(recipe: Recipe) -> dict[str, str]:
     def section(name: str) -> str:
         return json.dumps(recipe.model_dump(mode="json")[name], sort_keys=True)
 
+    # preference data: its format decides the reading, its objective whether unpaired rows are refused
+    preference = section("preference") if recipe.task == "preference" else ""
     ingest = _sha256(
-        "ingest", code_version(), recipe.task, section("data"), source_fingerprint(recipe.data.source)
+        "ingest",
+        code_version(),
+        recipe.task,
+        section("data"),
+        preference,
+        source_fingerprint(recipe.data.source),
     )
-    uses_model = recipe.cleaning.max_tokens or recipe.data.conversation is not None
+    uses_model = (
+        recipe.cleaning.max_tokens or recipe.data.conversation is not None or recipe.task == "preference"
+    )
     tokenizer = f"{recipe.model.base}:{recipe.model.max_length}" if uses_model else ""
     clean = _sha256("clean", ingest, section("cleaning"), tokenizer)
     split = _sha256("split", clean, section("split"))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunery.config import CleaningConfig
-from tunery.data import conversations, pii, templates, wording
+from tunery.data import conversations, pii, preferences, templates, wording
 from tunery.data import text as tx
 from tunery.data.ingest import DROPPED_TURNS
 from tunery.data.near_dup import near_duplicate_clusters
@@ -49,14 +49,21 @@ QUARANTINE_REASONS = {
     "missing_answer": "instruction data: the instruction or the answer is empty",
     "too_short": "text shorter than cleaning.min_chars",
     "too_long": "text longer than cleaning.max_chars (or cleaning.max_tokens)",
-    "conflicting_duplicate": "same text as a kept row but with a different label",
+    "conflicting_duplicate": "same text as a kept row but with a different label (preference rows: the same "
+    "answers to the same prompt judged the other way round)",
     **{f"{k}": f"conversation: {v}" for k, v in conversations.REASONS.items()},
+    **{k: f"preference: {v}" for k, v in preferences.REASONS.items() if k not in conversations.REASONS},
 }
-QUARANTINE_REASONS["too_long"] += "; a conversation over model.max_length that could not be shortened"
+QUARANTINE_REASONS["too_long"] += (
+    "; a conversation over model.max_length that could not be shortened; a preference pair whose prompt "
+    "and longer answer do not fit model.max_length"
+)
 
 
 # The reasons ingest decides (its ``error`` column holds "reason: detail"); any other error is malformed_row.
-INGEST_REASONS = ("not_text", "undecodable", *conversations.REASONS)
+INGEST_REASONS = ("not_text", "undecodable", *conversations.REASONS, *preferences.REASONS)
+# preference rows: what exact dedup compares instead of text and label (tunery.data.preferences.dedup_key)
+DEDUP_KEY, VERDICT = "dedup_key", "verdict"
 TRUNCATED_TURNS = "truncated_turns"  # conversations: turns dropped (oldest first) to fit model.max_length
 # C0 controls except tab and the line breaks (\n, \r, \v, \f, \x1c-\x1f count as whitespace), and DEL.
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
@@ -138,6 +145,8 @@ def _clean_batch(
     out: dict[str, list] = {}
     if "conversation" in batch:
         return _clean_conversations(batch, ok, cfg, tokenizer_path, conversation or {})
+    if "pair" in batch:
+        return _clean_pairs(batch, ok, cfg, tokenizer_path, (conversation or {}).get("max_length"))
     if "instruction" in batch:
         for name in INSTRUCTION_FIELDS:
             out[name] = [clean_text(v, cfg) if good else v for v, good in zip(batch[name], ok, strict=True)]
@@ -195,6 +204,39 @@ def _clean_conversations(
             raw = json.dumps(conversation, ensure_ascii=False)
             text, prompt = conversations.key(conversation), conversations.first_user_turn(conversation)
         for name, value in zip(out, (text, prompt, raw, error, dropped), strict=True):
+            out[name].append(value)
+    return out
+
+
+def _clean_pairs(
+    batch: dict, ok: list[bool], cfg, tokenizer_path: str | None, max_length: int | None
+) -> dict:
+    """Clean every message of a preference row (as conversations), then check what cleaning may have
+    changed (both answers now the same, an answer now empty) and the length with the chat template.
+
+    A row that fails gets ``pair_error`` ("reason: detail")."""
+    tokenizer = _tokenizer(tokenizer_path) if tokenizer_path else None
+    out: dict[str, list] = {k: [] for k in ("text", "prompt", "pair", "pair_error", DEDUP_KEY, VERDICT)}
+    for raw, text, prompt, good in zip(batch["pair"], batch["text"], batch["prompt"], ok, strict=True):
+        error = ""
+        if good:
+            row = json.loads(raw)
+            for side in ("prompt", "chosen", "rejected", "completion"):
+                for message in row.get(side, ()):
+                    if message.get("content"):
+                        message["content"] = clean_text(message["content"], cfg)
+            try:
+                preferences.recheck(row)
+                if tokenizer is not None and max_length:
+                    preferences.check_length(tokenizer, row, max_length)
+            except preferences.PreferenceError as exc:
+                error = f"{exc.reason}: {exc.detail}"
+            raw = json.dumps(row, ensure_ascii=False)
+            text, prompt = preferences.key(row), preferences.prompt_key(row)
+            dedup, verdict = preferences.dedup_key(row)
+        else:
+            dedup, verdict = text, ""
+        for name, value in zip(out, (text, prompt, raw, error, dedup, verdict), strict=True):
             out[name].append(value)
     return out
 
@@ -258,6 +300,9 @@ def _reason(row: dict, cfg: CleaningConfig, labels: set[str] | None, labelled: b
     if row.get("conversation_error"):  # conversations: the template's check, or too long to fit
         code, _, detail = row["conversation_error"].partition(": ")
         return code, detail
+    if row.get("pair_error"):  # preference rows: cleaning emptied or equalised the answers, or too long
+        code, _, detail = row["pair_error"].partition(": ")
+        return code, detail
     if labelled and not row["label"]:
         return "missing_label", ""
     if labelled and labels is not None and row["label"] not in labels:
@@ -308,7 +353,7 @@ def clean(
     """
     if cfg.max_tokens is not None and not tokenizer_path:
         raise ValueError("cleaning.max_tokens needs a tokenizer (the recipe's model)")
-    conversational = "conversation" in rows.columns
+    conversational = "conversation" in rows.columns or "pair" in rows.columns
     needs_tokenizer = cfg.max_tokens or conversational
     frame = clean_texts(rows, cfg, cache_dir, tokenizer_path if needs_tokenizer else None, conversation)
     labelled = "instruction" not in frame.columns and not conversational
@@ -334,6 +379,7 @@ def clean(
         truncated = frame.loc[kept.index, TRUNCATED_TURNS]
         stats["conversations_truncated"] = {"rows": int((truncated > 0).sum()), "turns": int(truncated.sum())}
     drop = ["error", "reason", "detail", "duplicate_of", "n_tokens", DROPPED_TURNS, "conversation_error"]
+    drop.extend(("pair_error", DEDUP_KEY, VERDICT))
     drop.append(TRUNCATED_TURNS)
     kept = kept.drop(columns=[c for c in drop if c in kept.columns]).reset_index(drop=True)
     result = CleanResult(kept=kept, quarantined=_not_kept_table(quarantined, removed), stats=stats)
@@ -355,26 +401,30 @@ def _mark_duplicates(frame: pd.DataFrame, valid: pd.Index, cfg: CleaningConfig) 
     """Mark duplicates among valid rows in place (reason, detail, duplicate_of); return (exact, near)."""
     if not cfg.drop_duplicates or len(valid) == 0:
         return 0, 0
-    keys = pd.Series(normalise_many(frame.loc[valid, "text"].tolist()), index=valid)
+    judged = DEDUP_KEY in frame.columns  # preference rows: the same answers judged, the verdict as label
+    label, key = (VERDICT, DEDUP_KEY) if judged else ("label", "text")
+    keys = pd.Series(normalise_many(frame.loc[valid, key].tolist()), index=valid)
     first_seen: dict[str, int] = {}
     first_of = pd.Series([first_seen.setdefault(k, i) for i, k in keys.items()], index=keys.index)
     later = first_of[first_of != first_of.index]
     conflict = later[
-        frame.loc[later.index, "label"].to_numpy() != frame.loc[later.to_numpy(), "label"].to_numpy()
+        frame.loc[later.index, label].to_numpy() != frame.loc[later.to_numpy(), label].to_numpy()
     ]
     frame.loc[conflict.index, "reason"] = "conflicting_duplicate"
     frame.loc[conflict.index, "detail"] = (
-        "label "
-        + frame.loc[conflict.index, "label"].map(repr)
+        ("" if judged else "label ")
+        + frame.loc[conflict.index, label].map(str if judged else repr)
         + " but "
         + _location(frame, conflict.to_numpy()).to_numpy()
-        + " has "
-        + frame.loc[conflict.to_numpy(), "label"].map(repr).to_numpy()
+        + (" judges the same answers: " if judged else " has ")
+        + frame.loc[conflict.to_numpy(), label].map(str if judged else repr).to_numpy()
     )
     same = later.drop(conflict.index)
     frame.loc[same.index, "duplicate_of"] = _location(frame, same.to_numpy()).to_numpy()
     frame.loc[same.index, "detail"] = "exact duplicate of " + frame.loc[same.index, "duplicate_of"]
-    if not cfg.near_duplicates:
+    # Preference rows of one prompt are near-identical as text whenever their answers are short, yet each
+    # pair is a judgement of its own: only exact repeats (and contradictions) are taken out.
+    if not cfg.near_duplicates or judged:
         return len(same), 0
     return len(same), _mark_near_duplicates(frame, first_of[first_of == first_of.index].index, cfg)
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tunery.config import DataConfig
-from tunery.data import conversations
+from tunery.data import conversations, preferences
 from tunery.data import text as tx
 
 SUFFIX_FORMATS = {
@@ -456,13 +456,19 @@ def _mark_undecodable(out: pd.DataFrame) -> None:
             out.loc[hit, name] = out.loc[hit, name].str.replace(tx.UNDECODABLE, "\ufffd")
 
 
-def map_columns(
-    frame: pd.DataFrame, bad: list[dict], path: str, cfg: DataConfig, kind: str = "labelled_text"
+def map_columns(  # noqa: PLR0913 - the file and how to read it
+    frame: pd.DataFrame,
+    bad: list[dict],
+    path: str,
+    cfg: DataConfig,
+    kind: str = "labelled_text",
+    fmt: str = "auto",
 ) -> pd.DataFrame:
     """Build the standard columns from one file's frame.
 
     Args:
-        kind: ``labelled_text`` (text + label) or ``instruction`` (instruction/input/output, label empty).
+        kind: ``labelled_text`` (text + label), ``instruction`` (instruction/input/output, label empty),
+            ``conversation``, or ``preference`` (read by :mod:`tunery.data.preferences` in format ``fmt``).
 
     Returns:
         Columns text, label, source, row, error (+ instruction, input, output for instruction data).
@@ -470,8 +476,8 @@ def map_columns(
     Raises:
         DataError: a configured column is missing from the file, or appears in it more than once.
     """
-    if kind == "conversation":
-        return _conversation_rows(frame, bad, path, cfg)
+    if kind in ("conversation", "preference"):
+        return _record_rows(frame, bad, path, cfg, kind, fmt)
     if kind == "instruction":
         used = {cfg.instruction_column, cfg.input_column, *cfg.answer_columns}
     else:
@@ -508,26 +514,32 @@ def map_columns(
     return out
 
 
-def _conversation_rows(frame: pd.DataFrame, bad: list[dict], path: str, cfg: DataConfig) -> pd.DataFrame:
-    """Conversation records (tunery.data.conversations.table) with their location; malformed lines kept."""
-    mapped = conversations.table(frame.to_dict("records"), frame.columns, cfg)
-    rows = range(1, len(frame) + 1)
-    out = pd.DataFrame(
-        {**mapped, "label": "", "source": path, "row": frame["_line"] if "_line" in frame.columns else rows}
-    )
+def _record_rows(frame: pd.DataFrame, bad: list[dict], path: str, cfg: DataConfig, kind: str, fmt: str):
+    """Conversation (tunery.data.conversations) or preference (tunery.data.preferences) records with their
+    location; malformed lines kept as rows with an error."""
+    records, columns = frame.to_dict("records"), [c for c in frame.columns if not str(c).startswith("_")]
+    column = "conversation" if kind == "conversation" else "pair"
+    try:
+        read = conversations.table if kind == "conversation" else preferences.table
+        mapped = read(records, frame.columns, cfg) if kind == "conversation" else read(records, columns, fmt)
+    except ValueError as exc:  # no preference format matches the columns: every row would be refused
+        raise DataError(f"{path}: {exc}") from None
+    rows = frame["_line"] if "_line" in frame.columns else range(1, len(frame) + 1)
+    out = pd.DataFrame({**mapped, "label": "", "source": path, "row": rows})
     malformed = pd.DataFrame(
         {"text": [b["raw"] for b in bad], "source": path, "row": [b.get("line", 0) for b in bad]}
-    ).assign(label="", prompt="", conversation="", error=[b["why"] for b in bad])
+    ).assign(label="", prompt="", **{column: ""}, error=[b["why"] for b in bad])
     return pd.concat([out, malformed], ignore_index=True) if bad else out
 
 
-def ingest(cfg: DataConfig, kind: str = "labelled_text") -> pd.DataFrame:
+def ingest(cfg: DataConfig, kind: str = "labelled_text", preference_format: str = "auto") -> pd.DataFrame:
     """Read every file of the source and map its columns.
 
     Args:
         cfg: the recipe's data section.
-        kind: ``labelled_text`` for classification, ``instruction`` for instruction tuning,
-            ``conversation`` for conversation data (columns text, prompt, conversation).
+        kind: ``labelled_text`` (classification), ``instruction`` (instruction tuning), ``conversation``
+            (columns text, prompt, conversation) or ``preference`` (columns text, prompt, pair).
+        preference_format: preference data: one of :data:`tunery.data.preferences.FORMATS`, or auto.
 
     Returns:
         A frame with columns text, label, source, row, error (error is non-empty for malformed records),
@@ -545,7 +557,7 @@ def ingest(cfg: DataConfig, kind: str = "labelled_text") -> pd.DataFrame:
             # long as other files have records; a source without any record is.
             columns_only.extend(str(c) for c in frame.columns if not str(c).startswith("_"))
             continue
-        frames.append(map_columns(frame, bad, path, cfg, kind))
+        frames.append(map_columns(frame, bad, path, cfg, kind, preference_format))
     if not frames:
         where = files[0] if len(files) == 1 else f"{cfg.source} ({len(files)} files: {', '.join(files[:3])})"
         names = ", ".join(dict.fromkeys(columns_only))

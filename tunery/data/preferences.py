@@ -126,6 +126,31 @@ def prompt_key(row: dict) -> str:
     return conv.key({"messages": row["prompt"]})
 
 
+def recheck(row: dict) -> None:
+    """Refuse what cleaning the text can break in a row that was read: an answer left empty, or two answers
+    left the same."""
+    for side in ("completion",) if is_unpaired(row) else ("chosen", "rejected"):
+        _refuse_empty(row[side], side)
+    if not is_unpaired(row) and conv.key({"messages": row["chosen"]}) == conv.key(
+        {"messages": row["rejected"]}
+    ):
+        raise PreferenceError("chosen_equals_rejected", "both answers are the same after cleaning")
+
+
+def dedup_key(row: dict) -> tuple[str, str]:
+    """``(key, verdict)``: rows with one key judge the same answers to the same prompt. Equal verdicts are
+    duplicates; different ones contradict each other (a pair preferred the other way round, one completion
+    labelled both desirable and undesirable)."""
+    prompt = prompt_key(row)
+    if is_unpaired(row):
+        verdict = "desirable" if row["label"] else "undesirable"
+        return f"{prompt}\n[completion]\n{conv.key({'messages': row['completion']})}", verdict
+    chosen, rejected = (conv.key({"messages": row[side]}) for side in ("chosen", "rejected"))
+    first, second = sorted((chosen, rejected))
+    verdict = "the first answer preferred" if chosen == first else "the second answer preferred"
+    return f"{prompt}\n[answer]\n{first}\n[answer]\n{second}", verdict
+
+
 def texts(row: dict) -> list[str]:
     """The natural-language content of every message of the row (PII scrubbing and length checks)."""
     sides = ("prompt", "completion") if is_unpaired(row) else ("prompt", "chosen", "rejected")

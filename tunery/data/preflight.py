@@ -32,7 +32,7 @@ def check_model(recipe: Recipe) -> None:
         tunery.models.ModelError: what is wrong, naming ``model.base`` or ``model.max_length``.
     """
     check_base_model(recipe.model.base, recipe.model.max_length)
-    if recipe.data.conversation is not None:
+    if recipe.data.conversation is not None or recipe.task == "preference":
         from transformers import AutoTokenizer
 
         from tunery.data.templates import check_template
@@ -48,7 +48,7 @@ def _dropped_values(mapped: pd.DataFrame, recipe: Recipe) -> pd.Series:
     """For each mapped record the clean stage would quarantine for its label or answer: its label value
     ('' when empty; sft: ''; conversations: the reason it is refused); None for a record it would keep on
     that count."""
-    if recipe.data.conversation is not None:
+    if recipe.data.conversation is not None or recipe.task == "preference":
         return mapped["error"].map(lambda e: e.partition(":")[0] if e else None)
     if recipe.task == "sft":
         empty = (mapped["instruction"] == "") | (mapped["output"] == "")
@@ -64,9 +64,10 @@ def _label_problem(dropped: pd.Series, recipe: Recipe, checked: int) -> str | No
     if checked == 0 or len(dropped) / checked <= limit:
         return None
     share = f"{len(dropped)} of the first {checked} records"
-    if recipe.data.conversation is not None:
+    if recipe.data.conversation is not None or recipe.task == "preference":
         reasons = ", ".join(f"{r} ({n})" for r, n in dropped.value_counts().items())
-        return f"{share} are conversations the clean stage would quarantine, more than {limit}: {reasons}"
+        what = "preference rows" if recipe.task == "preference" else "conversations"
+        return f"{share} are {what} the clean stage would quarantine, more than {limit}: {reasons}"
     if recipe.task == "sft":
         columns = f"{recipe.data.instruction_column} / {' or '.join(recipe.data.answer_columns)}"
         return f"{share} have an empty instruction or answer ({columns}), more than {limit}"
@@ -109,7 +110,8 @@ def check_sources(recipe: Recipe, files: list[str] | None = None) -> int:
         if len(frame) == 0 and not bad:
             continue  # a header-only shard: fine while another file has records (ingest says the same)
         head = frame.head(SAMPLE_RECORDS)
-        mapped = map_columns(head, [], path, recipe.data, kind)  # DataError: a column is missing
+        # DataError: a column is missing (preference data: no format matches the columns)
+        mapped = map_columns(head, [], path, recipe.data, kind, recipe.preference.format)
         problem = _label_problem(_dropped_values(mapped, recipe), recipe, len(mapped))
         if problem:
             raise DataError(f"{path}: {problem}")

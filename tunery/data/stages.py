@@ -17,7 +17,9 @@ from tunery.layout import SPLITS, RunLayout
 
 def data_kind(recipe: Recipe) -> str:
     """Which columns the task reads: labelled text (classification), instruction data or conversations
-    (sft, with ``data.conversation``)."""
+    (sft, with ``data.conversation``), preference pairs or KTO rows (preference)."""
+    if recipe.task == "preference":
+        return "preference"
     if recipe.data.conversation is not None:
         return "conversation"
     return "instruction" if recipe.task == "sft" else "labelled_text"
@@ -33,10 +35,33 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
     """Read the recipe's data source into ``ingested.parquet`` (one row per source record)."""
-    rows = ingest(recipe.data, data_kind(recipe))
+    rows = ingest(recipe.data, data_kind(recipe), recipe.preference.format)
+    if recipe.task == "preference":
+        check_objective(recipe, rows)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(layout.ingested, index=False)
     return layout.ingested
+
+
+def check_objective(recipe: Recipe, rows: pd.DataFrame) -> None:
+    """Paired objectives need pairs: unpaired (KTO) rows are a recipe mistake, not bad rows. (kto takes
+    pairs too: each becomes a desirable and an undesirable answer.)
+
+    Raises:
+        DataError: naming the objective and the files that hold unpaired rows.
+    """
+    from tunery.data.ingest import DataError
+
+    if recipe.preference.objective == "kto":
+        return
+    read = rows.loc[rows["error"] == "", ["source", "pair"]]
+    unpaired = read[["completion" in json.loads(pair) for pair in read["pair"]]]
+    if len(unpaired):
+        files = ", ".join(sorted(set(unpaired["source"]))[:3])
+        raise DataError(
+            f"preference.objective {recipe.preference.objective} learns from pairs, but {files} hold(s) "
+            f"{len(unpaired)} unpaired (KTO) rows: use objective kto, or pair the answers"
+        )
 
 
 def clean_settings(recipe: Recipe) -> tuple[str | None, dict | None]:
@@ -45,8 +70,10 @@ def clean_settings(recipe: Recipe) -> tuple[str | None, dict | None]:
     and the conversation settings (None for other data)."""
     from tunery.models import resolve_model
 
-    conversational = recipe.data.conversation is not None
+    conversational = recipe.data.conversation is not None or recipe.task == "preference"
     tokenizer = resolve_model(recipe.model.base) if recipe.cleaning.max_tokens or conversational else None
+    if recipe.task == "preference":  # pairs are never shortened: a cut answer is another answer
+        return tokenizer, {"max_length": recipe.model.max_length}
     if not conversational:
         return tokenizer, None
     return tokenizer, {

@@ -74,6 +74,7 @@ def evaluate(
     champion: Predictor | None = None,
     champion_version: str | None = None,
     progress: Callable[[str, str], None] | None = None,
+    champion_dir: Path | None = None,
 ) -> Path:
     """Score the run's model, the baselines and (optionally) the champion on the same test rows.
 
@@ -84,6 +85,8 @@ def evaluate(
         champion_version: the registry version behind ``champion`` (recorded for the gate).
         progress: called with ("evaluate", message) as each long step starts and ends (minutes on CPU for
             a few thousand rows: perturbations re-score the test split five times, the probe embeds it).
+        champion_dir: preference: the champion's model folder (its answers are scored, not generated
+            through its pyfunc; see :mod:`tunery.evaluation.preference`).
 
     Returns:
         The path of ``eval/metrics.json``: ``{"model": ..., "baselines": {...}, "champion": ... | null}``
@@ -91,7 +94,11 @@ def evaluate(
     """
     layout.eval_dir.mkdir(parents=True, exist_ok=True)
     step = _Steps(progress)
-    if recipe.task == "sft":
+    if recipe.task == "preference":
+        from tunery.evaluation.preference import evaluate_preference
+
+        result = evaluate_preference(recipe, layout, champion_dir, step)
+    elif recipe.task == "sft":
         result = _evaluate_sft(recipe, layout, champion, step)
     else:
         result = _evaluate_classification(recipe, layout, champion, step)

@@ -167,8 +167,14 @@ def _unused_trainable(model, batch: dict) -> list[str]:
 
 
 def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, find_unused: bool = False):
-    import torch
     from transformers import TrainingArguments
+
+    return TrainingArguments(**_training_kwargs(recipe, out_dir, deepspeed_config, find_unused))
+
+
+def _training_kwargs(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, find_unused: bool) -> dict:
+    """The ``TrainingArguments`` of the recipe (TRL's configs take the same keywords)."""
+    import torch
 
     t = recipe.training  # gradient checkpointing is switched on by methods.load_base_model, not here
     early = t.early_stopping_patience is not None
@@ -176,8 +182,8 @@ def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, 
     strategy = "steps" if eval_steps else "epoch"
     # load_best_model_at_end needs checkpoints on evaluation steps: save on the same schedule then
     save_steps = eval_steps if early else t.save_steps
-    metric = "loss" if recipe.task == "sft" else t.early_stopping_metric
-    return TrainingArguments(
+    metric = t.early_stopping_metric  # the recipe allows only loss for the generative tasks
+    return dict(
         output_dir=str(out_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -282,7 +288,7 @@ def train(
         The folder of the exported model (plain transformers format, tokenizer, ``tunery_model.json``).
     """
     import torch
-    from transformers import AutoTokenizer, PrinterCallback, Trainer, set_seed
+    from transformers import AutoTokenizer, PrinterCallback, set_seed
     from transformers.trainer_utils import TrainOutput
 
     from tunery.training import methods
@@ -303,23 +309,30 @@ def train(
         else None
     )
     model = methods.apply_method(methods.load_base_model(base_path, recipe.task, labels, recipe), recipe)
-    train_set, val_set, collator, metrics_fn, data_stats = _datasets(recipe, layout, tokenizer, labels)
-    find_unused = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed_config:
-        unused = _unused_trainable(model, collator([train_set[i] for i in range(min(2, len(train_set)))]))
-        find_unused = bool(unused)
-        if unused and _is_main():
-            print(f"tunery: {len(unused)} trainable parameter(s) get no gradient: {unused[:5]}", flush=True)
-    trainer = _budget_trainer(Trainer)(
-        model=model,
-        args=_training_args(recipe, layout.checkpoints, deepspeed_config, find_unused),
-        train_dataset=train_set,
-        eval_dataset=val_set,
-        data_collator=collator,
-        processing_class=tokenizer,
-        compute_metrics=metrics_fn,
-        callbacks=[*_callbacks(recipe, logger), *callbacks],
-    )
+    if recipe.task == "preference":
+        from tunery.training import preference
+
+        frames = {name: pd.read_parquet(layout.split(name)) for name in ("train", "validation")}
+        trainer, data_stats = preference.build_trainer(
+            recipe,
+            frames,
+            model,
+            tokenizer,
+            _training_kwargs(recipe, layout.checkpoints, deepspeed_config, False),
+            _budget_trainer,
+            [*_callbacks(recipe, logger), *callbacks],
+        )
+        export_sample = preference.export_sample(tokenizer, frames["validation"])
+    else:
+        trainer, data_stats, export_sample = _trainer(
+            recipe,
+            layout,
+            model,
+            tokenizer,
+            labels,
+            deepspeed_config,
+            [*_callbacks(recipe, logger), *callbacks],
+        )
     # The Trainer's PrinterCallback prints every log record a second time, as a dict: Progress prints them.
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
@@ -352,7 +365,7 @@ def train(
             if zero3
             else trainer.accelerator.unwrap_model(trainer.model)
         )
-        export = _export(recipe, layout, model, base_path, labels, tokenizer, val_set, collator)
+        export = _export(recipe, layout, model, base_path, labels, tokenizer, export_sample)
         summary = {
             "train_loss": result.training_loss,
             "train_runtime_s": elapsed,
@@ -368,6 +381,33 @@ def train(
         (layout.train_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     _barrier()
     return layout.model_dir
+
+
+def _trainer(recipe: Recipe, layout: RunLayout, model, tokenizer, labels, deepspeed_config, callbacks):
+    """The Trainer of a classification or sft run, its data statistics and a batch for the export check."""
+    from transformers import Trainer
+
+    train_set, val_set, collator, metrics_fn, data_stats = _datasets(recipe, layout, tokenizer, labels)
+    find_unused = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed_config:
+        unused = _unused_trainable(model, collator([train_set[i] for i in range(min(2, len(train_set)))]))
+        find_unused = bool(unused)
+        if unused and _is_main():
+            print(f"tunery: {len(unused)} trainable parameter(s) get no gradient: {unused[:5]}", flush=True)
+    trainer = _budget_trainer(Trainer)(
+        model=model,
+        args=_training_args(recipe, layout.checkpoints, deepspeed_config, find_unused),
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=metrics_fn,
+        callbacks=callbacks,
+    )
+    rows = [{k: v for k, v in val_set[i].items() if k != "labels"} for i in range(min(16, len(val_set)))]
+    sample = dict(collator(rows))
+    sample.pop("labels", None)
+    return trainer, data_stats, sample
 
 
 def _reload(recipe: Recipe, final_dir: Path, base_path: str, labels: list[str] | None):
@@ -430,16 +470,13 @@ def _final_evaluation(trainer) -> dict:
     return trainer.evaluate()
 
 
-def _export(recipe, layout, model, base_path, labels, tokenizer, val_set, collator) -> dict:
-    """Rank 0: merge adapters where possible (verified on validation inputs); save tokenizer and meta."""
+def _export(recipe, layout, model, base_path, labels, tokenizer, sample: dict) -> dict:
+    """Rank 0: merge adapters where possible (verified on ``sample``, a batch of validation inputs); save the
+    tokenizer and the model-folder metadata."""
     from tunery.training.export import export_model
 
     model = model.eval()
-    sample = collator(
-        [{k: v for k, v in val_set[i].items() if k != "labels"} for i in range(min(16, len(val_set)))]
-    )
-    sample.pop("labels", None)
-    export = export_model(model, layout.model_dir, dict(sample))
+    export = export_model(model, layout.model_dir, sample)
     tokenizer.save_pretrained(layout.model_dir)
     meta = {
         "task": recipe.task,
@@ -451,6 +488,7 @@ def _export(recipe, layout, model, base_path, labels, tokenizer, val_set, collat
         "export_format": export["format"],
         "cleaning": recipe.cleaning.model_dump(mode="json"),
         "sft": recipe.sft.model_dump(mode="json"),
+        **({"preference": recipe.preference.model_dump(mode="json")} if recipe.task == "preference" else {}),
         "recipe_digest": recipe.digest(),
     }
     (layout.model_dir / MODEL_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -266,9 +266,9 @@ def auto_model_class(task: str) -> type:
 
     if task == "classification":
         return AutoModelForSequenceClassification
-    if task == "sft":
+    if task in ("sft", "preference"):
         return AutoModelForCausalLM
-    raise ValueError(f"unknown task {task!r}; expected 'classification' or 'sft'")
+    raise ValueError(f"unknown task {task!r}; expected 'classification', 'sft' or 'preference'")
 
 
 def dropout_fields(config: PreTrainedConfig) -> list[str]:
