@@ -46,11 +46,25 @@ class Killer(threading.Thread):
             time.sleep(0.2)
 
 
+def finetune_killed_once(recipe: Path, workdir: Path):
+    """Run the finetune flow while a :class:`Killer` SIGKILLs both ranks at the first complete checkpoint;
+    returns the final state (completed: the retry finished), the killer and the run folder."""
+    from flows.finetune import finetune
+
+    killer = Killer(workdir)
+    killer.start()
+    try:
+        state = finetune(recipe_path=str(recipe), return_state=True)
+    finally:
+        killer.stop.set()
+    assert state.is_completed(), state
+    assert len(killer.killed) == 2, "both ranks were killed mid-way"
+    return state, killer, next((workdir / "runs").iterdir())
+
+
 def test_sigkilled_job_resumes_from_last_checkpoint_on_retry(tiny_bert, tmp_path, prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
-
-    from flows.finetune import finetune
 
     sentiment_frame(400).to_csv(tmp_path / "reviews.csv", index=False)
     recipe = tmp_path / "recipe.yaml"
@@ -69,16 +83,7 @@ def test_sigkilled_job_resumes_from_last_checkpoint_on_retry(tiny_bert, tmp_path
             """
         )
     )
-    killer = Killer(tmp_path / "work")
-    killer.start()
-    try:
-        state = finetune(recipe_path=str(recipe), return_state=True)
-    finally:
-        killer.stop.set()
-    assert state.is_completed(), state
-    assert len(killer.killed) == 2, "both ranks were killed mid-way"
-
-    run_dir = next((tmp_path / "work" / "runs").iterdir())
+    state, killer, run_dir = finetune_killed_once(recipe, tmp_path / "work")
 
     summary = json.loads((run_dir / "train" / "metrics.json").read_text())
     assert summary["global_steps"] == MAX_STEPS
