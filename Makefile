@@ -42,12 +42,12 @@ system-deps:
 	  $$SUDO apt-get install -y -qq $$missing || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; }; \
 	fi
 
-# One process by default. TEST_WORKERS=2 runs two pytest-xdist workers (pinned), each taking whole modules,
-# the longest first (tests/module_seconds.json; xdist's own reordering by test count is off), each worker's
-# torch held to its share of the cores (tests/conftest.py): 26:20 here instead of ~44 min, but in that run
-# the chat flow's training job was OOM-killed while the other worker ran the SmolLM2 stop test (not yet
-# fixed), so CI keeps one process.
-TEST_WORKERS ?= 0
+# Two pytest-xdist workers by default (TEST_WORKERS=0: one process), each taking whole modules, the longest
+# first (tests/module_seconds.json; xdist's own reordering by test count is off), each worker's torch held to
+# its share of the cores (tests/conftest.py). 31:35 here for 1,024 tests; one process took 42 min on CI
+# before the preference tests (~19 min more of them). The OOM kills of earlier two-worker runs came from
+# DeepSpeed's leaked shared memory and from logits held for nothing, both fixed.
+TEST_WORKERS ?= 2
 test: setup system-deps
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
