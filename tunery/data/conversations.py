@@ -443,19 +443,26 @@ def table(records: list[dict], columns: Iterable[str], data_cfg) -> dict[str, li
     if fmt == "alpaca":  # the first answer column present, as for instruction data
         output = next((c for c in data_cfg.answer_columns if c in columns), mapping.output)
         mapping = Mapping(**{**mapping.__dict__, "output": output})
-    out: dict[str, list] = {"text": [], "prompt": [], "conversation": [], "error": []}
+    return table_of(records, lambda r: read(r, fmt, mapping), key, first_user_turn, "conversation")
+
+
+def table_of(records: list[dict], read_one, key_of, prompt_of, column: str) -> dict[str, list]:
+    """Records read one by one into ingested columns: ``text`` (``key_of`` the read row, or the raw record
+    as JSON when it is refused), ``prompt`` (``prompt_of``), ``column`` (the read row as JSON) and ``error``
+    ("reason: detail" of the :class:`ConversationError` that refused it, '' when read)."""
+    out: dict[str, list] = {"text": [], "prompt": [], column: [], "error": []}
     for record in records:
         record = {k: plain(v) for k, v in record.items() if not str(k).startswith("_")}
         try:
-            conversation = read(record, fmt, mapping)
+            row = read_one(record)
         except ConversationError as exc:
             out["text"].append(json.dumps(record, ensure_ascii=False, default=str)[:20_000])
             out["prompt"].append("")
-            out["conversation"].append("")
+            out[column].append("")
             out["error"].append(f"{exc.reason}: {exc.detail}")
             continue
-        out["text"].append(key(conversation))
-        out["prompt"].append(first_user_turn(conversation))
-        out["conversation"].append(json.dumps(conversation, ensure_ascii=False))
+        out["text"].append(key_of(row))
+        out["prompt"].append(prompt_of(row))
+        out[column].append(json.dumps(row, ensure_ascii=False))
         out["error"].append("")
     return out

@@ -196,22 +196,7 @@ def table(records: list[dict], columns: Iterable[str], fmt: str = "auto") -> dic
     (``"reason: detail"``, '' when read)."""
     columns = list(columns)
     fmt = detect_format(columns) if fmt == "auto" else fmt
-    out: dict[str, list] = {"text": [], "prompt": [], "pair": [], "error": []}
-    for record in records:
-        record = {k: conv.plain(v) for k, v in record.items() if not str(k).startswith("_")}
-        try:
-            row = read(record, fmt)
-        except PreferenceError as exc:
-            out["text"].append(json.dumps(record, ensure_ascii=False, default=str)[:20_000])
-            out["prompt"].append("")
-            out["pair"].append("")
-            out["error"].append(f"{exc.reason}: {exc.detail}")
-            continue
-        out["text"].append(key(row))
-        out["prompt"].append(prompt_key(row))
-        out["pair"].append(json.dumps(row, ensure_ascii=False))
-        out["error"].append("")
-    return out
+    return conv.table_of(records, lambda r: read(r, fmt), key, prompt_key, "pair")
 
 
 # -- readers -------------------------------------------------------------------------------------------
