@@ -70,11 +70,21 @@ def live_stack(tmp_path_factory):
 
 class _RetryBusy(httpx.HTTPTransport):
     """Retry 503/429 like Prefect's own client does: a SQLite-backed server answers 503 while the
-    database is locked by a burst of writes (two flow runs, the worker, the scheduler on 2 cores)."""
+    database is locked by a burst of writes (two flow runs, the worker, the scheduler on 2 cores). A read
+    (GET, or a POST to a ``/filter`` query) that times out is retried too: on CI the server once stalled
+    past the 30 s read timeout while the other test worker's training job held both cores. Writes are never
+    repeated (an event or a flow run must not be sent twice)."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        read_only = request.method == "GET" or request.url.path.endswith("/filter")
         for attempt in range(8):
-            response = super().handle_request(request)
+            try:
+                response = super().handle_request(request)
+            except httpx.TimeoutException:
+                if not read_only or attempt == 7:
+                    raise
+                time.sleep(min(2**attempt, 10))
+                continue
             if response.status_code not in (429, 503) or attempt == 7:
                 return response
             response.close()
