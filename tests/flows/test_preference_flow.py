@@ -20,7 +20,13 @@ from tunery.tracking import client
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
-TRAINING = "{max_steps: 30, batch_size: 4, eval_batch_size: 8, learning_rate: 1.0e-2, logging_steps: 10}"
+# Optimiser steps per objective: a DPO or ORPO row is a pair (two answers), a KTO row one answer, so 30 KTO
+# steps see as many answers as 15 of the others (the runs' held-out accuracies: DPO 0.547 vs 0.321 for the
+# SFT model, ORPO 0.453 vs 0.321, KTO's AUC 0.590 vs 0.408).
+STEPS = {"dpo": 15, "orpo": 15, "kto": 30}
+TRAINING = (
+    "{{max_steps: {steps}, batch_size: 4, eval_batch_size: 8, learning_rate: 1.0e-2, logging_steps: 5}}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,7 @@ def preference_run(workdir, tiny_llama, name: str, source, objective: str, init_
         split: {{train: 0.6, validation: 0.1, test: 0.3}}
         model: {{base: {tiny_llama}, max_length: 1024{start}}}
         method: {{name: full}}
-        training: {TRAINING}
+        training: {TRAINING.format(steps=STEPS[objective])}
         preference: {{objective: {objective}}}
         sft: {{generation_max_new_tokens: 8}}
         evaluation: {{generation_samples: 4}}
