@@ -364,7 +364,8 @@ class ContinuousConfig(Section):
         "auto",
         description=(
             "Metric of the forgetting check on earlier drops' test rows. auto: the gate's primary metric "
-            "(classification), perplexity (sft). sft may choose rouge_l (generates replies: slower)."
+            "(classification, preference), perplexity (sft). sft may choose rouge_l (generates replies: "
+            "slower)."
         ),
     )
     forgetting_margin: float = Field(

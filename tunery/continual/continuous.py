@@ -27,7 +27,7 @@ import pandas as pd
 from tunery.config import Recipe
 from tunery.continual import drift
 from tunery.continual.drops import Drop, Manifest
-from tunery.continual.history import DropDataset
+from tunery.continual.history import VERDICT, DropDataset
 from tunery.data import report as data_report
 from tunery.data.clean import QuarantineLimitExceeded
 from tunery.data.ingest import DataError
@@ -37,7 +37,11 @@ from tunery.registry import trained_versions
 
 
 def _near_threshold(recipe: Recipe) -> float | None:
-    return recipe.cleaning.near_duplicate_threshold if recipe.cleaning.near_duplicates else None
+    """Near-duplicate threshold of the history's dedup and of the leakage check; none for preference rows:
+    near-identical pairs are separate judgements (as in cleaning), and they split by their exact prompt."""
+    if recipe.task == "preference" or not recipe.cleaning.near_duplicates:
+        return None
+    return recipe.cleaning.near_duplicate_threshold
 
 
 def reconcile(manifest: Manifest, dataset: DropDataset) -> list[str]:
@@ -256,7 +260,9 @@ def materialise(
     version = dataset.version(number)
     rows = dataset.rows(version)
     parts = {
-        name: rows[rows["split"] == name].drop(columns=["key", "split"]).reset_index(drop=True)
+        name: rows[rows["split"] == name]
+        .drop(columns=[c for c in ("key", "split", VERDICT) if c in rows.columns])
+        .reset_index(drop=True)
         for name in SPLITS
     }
     check_leakage(parts, _near_threshold(recipe))

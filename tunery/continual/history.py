@@ -12,7 +12,10 @@ deduplicated against the rows already in the dataset, into its own folder::
 A row's split is decided by the seeded hash of its normalised text (:mod:`tunery.data.split`), so a row
 never moves between splits as drops are added: the golden test set only grows by new rows. Exact and
 near duplicates of earlier rows are removed (``duplicate``) or quarantined when their label differs
-(``conflicting_duplicate``), so no text can sit in two splits.
+(``conflicting_duplicate``), so no text can sit in two splits. Preference rows split by their prompt and
+are compared by what they judge (the same answers to the same prompt, :func:`tunery.data.preferences.
+dedup_key`): the same judgement again is a duplicate, the reverse one conflicts; near-identical pairs are
+separate judgements and stay (as in cleaning).
 
 Writers take the dataset's lock (``fcntl.flock`` on ``<state>/dataset/.lock``): staging and committing are
 serialised across processes, and a version file is written atomically before the manifest says
@@ -32,17 +35,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from tunery.config import Recipe
 from tunery.continual.drops import Drop, content_sha256, state_dir
+from tunery.data import preferences
 from tunery.data.clean import clean
 from tunery.data.ingest import DataError, ingest
 from tunery.data.near_dup import NearDuplicateIndex
 from tunery.data.normalise import normalise_many
 from tunery.data.split import assign, cluster_buckets
+from tunery.data.stages import check_objective
 from tunery.layout import SPLITS
 from tunery.ops.locking import exclusive
 
+# rows.parquet of preference rows: what a pair judges (the order of its two answers), compared instead of
+# the label when a later drop repeats its answers
+VERDICT = "verdict"
 _ROW_COUNTS = ("rows_in", "kept", "quarantined", "deduplicated", "exact_duplicates", "near_duplicates")
 
 
@@ -50,12 +59,13 @@ _ROW_COUNTS = ("rows_in", "kept", "quarantined", "deduplicated", "exact_duplicat
 class History:
     """The rows already in the dataset, as dedup needs them: normalised-text keys and MinHash signatures."""
 
-    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (drop id, label)
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (drop id, label or verdict)
     near: NearDuplicateIndex | None = None
     labels: dict[str, str] = field(default_factory=dict)  # near-index key "drop:row" -> label
 
     def add(self, rows: pd.DataFrame, signatures: np.ndarray | None) -> None:
-        for key, drop_id, label in zip(rows["key"], rows["drop_id"], rows["label"], strict=True):
+        judged = rows[VERDICT] if VERDICT in rows.columns else rows["label"]
+        for key, drop_id, label in zip(rows["key"], rows["drop_id"], judged, strict=True):
             self.keys.setdefault(key, (drop_id, label))
         if self.near is not None and signatures is not None and len(rows):
             names = [f"{d}:{i}" for d, i in zip(rows["drop_id"], range(len(rows)), strict=True)]
@@ -113,7 +123,9 @@ class DropDataset:
         history = History(near=near)
         for entry in (version or {}).get("drops", []):
             folder = self.drop_dir(entry["id"])
-            rows = pd.read_parquet(folder / "rows.parquet", columns=["key", "drop_id", "label"])
+            stored = pq.read_schema(folder / "rows.parquet").names
+            columns = ["key", "drop_id", "label"] + ([VERDICT] if VERDICT in stored else [])
+            rows = pd.read_parquet(folder / "rows.parquet", columns=columns)
             signatures = None
             if near is not None:
                 signatures = np.load(folder / "signatures.npy")
@@ -155,9 +167,12 @@ class DropDataset:
                 "rewriting one in place (its new content will be taken as a new drop)"
             )
         frames = [
-            ingest(recipe.data.model_copy(update={"source": _exact(uri)}), kind) for uri in drop.file_list()
+            ingest(recipe.data.model_copy(update={"source": _exact(uri)}), kind, recipe.preference.format)
+            for uri in drop.file_list()
         ]
         ingested = pd.concat(frames, ignore_index=True)
+        if kind == "preference":
+            check_objective(recipe, ingested)  # KTO rows in a drop of a paired objective: the drop fails
         seconds = {"ingest": time.perf_counter() - clock}
         folder = self.drop_dir(drop.id)
         work = folder.with_name(f".{drop.id}.staging")
@@ -252,19 +267,30 @@ def _dedup_against(
         (None without near dedup), computed once for the query and for the history.
     """
     kept = kept.reset_index(drop=True).copy()
-    kept["key"] = normalise_many(kept["text"].tolist())
+    judged = "pair" in kept.columns  # preference rows: the same answers to the same prompt, and their order
+    if judged:
+        judgements = [preferences.dedup_key(json.loads(pair)) for pair in kept["pair"]]
+        kept["key"] = normalise_many([key for key, _ in judgements])
+        kept[VERDICT] = [verdict for _, verdict in judgements]
+    else:
+        kept["key"] = normalise_many(kept["text"].tolist())
     kept["drop_id"] = drop_id
     reason = pd.Series("", index=kept.index, dtype=object)
     detail = pd.Series("", index=kept.index, dtype=object)
-    for i, (key, label) in enumerate(zip(kept["key"], kept["label"], strict=True)):
+    for i, (key, label) in enumerate(zip(kept["key"], kept[VERDICT if judged else "label"], strict=True)):
         earlier = history.keys.get(key)
         if earlier is None:
             continue
         other_drop, other_label = earlier
         reason[i] = "duplicate" if other_label == label else "conflicting_duplicate"
-        detail[i] = f"exact duplicate of a row of drop {other_drop}" + (
-            "" if other_label == label else f" labelled {other_label!r} (this row: {label!r})"
-        )
+        if judged:
+            detail[i] = f"a row of drop {other_drop} judges the same answers to this prompt" + (
+                "" if other_label == label else f": {other_label} (this row: {label})"
+            )
+        else:
+            detail[i] = f"exact duplicate of a row of drop {other_drop}" + (
+                "" if other_label == label else f" labelled {other_label!r} (this row: {label!r})"
+            )
     exact = int((reason != "").sum())
     near = 0
     signatures = history.near.signatures(kept["text"].tolist()) if history.near is not None else None

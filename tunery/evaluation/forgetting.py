@@ -1,10 +1,12 @@
 """The forgetting check of continuous learning: is the new model worse than the champion on the test rows
 of drops it learnt from earlier? Reads the run folder (``lineage.json``, the test split with its ``drop_id``
-column, ``eval/predictions.parquet``; for sft the exported model and the champion's model folder) and adds
-``forgetting`` to ``eval/metrics.json``.
+column, ``eval/predictions.parquet``; for sft the exported model and the champion's model folder; for
+preference the per-row scores of ``eval/preference_scores.parquet``) and adds ``forgetting`` to
+``eval/metrics.json``.
 
 Every slice has ``delta`` (model against champion; below zero: the model is worse) with a paired bootstrap
-interval ``ci_low``..``ci_high`` over the slice's rows. Classification: the gate's primary metric. sft:
+interval ``ci_low``..``ci_high`` over the slice's rows. Classification and preference: the gate's primary
+metric (preference: the model's and the champion's scores of the same rows, read back). sft:
 perplexity (``delta`` = ppl_champion / ppl_model - 1, so +0.05 means 5% lower perplexity) or ROUGE-L of
 generated replies (``delta`` = the model's mean minus the champion's).
 """
@@ -55,6 +57,10 @@ def forgetting_check(recipe: Recipe, layout: RunLayout, champion_dir: Path | Non
         result["note"] = "no champion: nothing to forget"
     elif not earlier:
         result["note"] = "no earlier drops"
+    elif recipe.task == "preference":
+        result["slices"] = _preference_slices(recipe, layout, earlier, metric, margin)
+        result["forgotten"] = [d for d, block in result["slices"].items() if block["forgotten"]]
+        result["passed"] = not result["forgotten"]
     elif recipe.task == "sft":
         if champion_dir is None:
             raise ValueError("the sft forgetting check needs the champion's model folder")
@@ -94,6 +100,8 @@ def describe(metric: str, block: dict) -> str:
         values = f"perplexity {block['perplexity']:.3f} vs champion {block['champion_perplexity']:.3f}"
     elif "champion_rouge_l" in block:
         values = f"ROUGE-L {block['rouge_l']:.4f} vs champion {block['champion_rouge_l']:.4f}"
+    elif f"champion_{metric}" in block:
+        values = f"{metric} {block[metric]:.4f} vs champion {block[f'champion_{metric}']:.4f}"
     else:
         values = f"{metric} vs champion"
     return (
@@ -129,6 +137,37 @@ def _sft_slices(
             block = _mean_difference_slice(mine, theirs)
             forgot = block["delta"] < -margin and block["ci_high"] < 0
         slices[drop_id] = {"rows": len(rows), **block, "forgotten": bool(forgot)}
+    return slices
+
+
+def _preference_slices(
+    recipe: Recipe, layout: RunLayout, earlier: list[str], metric: str, margin: float
+) -> dict:
+    """Preference: the metric of the model and of the champion on each earlier drop's test rows, from the
+    per-row scores evaluation stored (``eval/preference_scores.parquet``: nothing is scored again). A slice
+    on which the metric is undefined (an AUC over rows of one label) is left out."""
+    from tunery.evaluation.preference import bootstrap_delta, row_metrics, scores_of
+
+    drops = pd.read_parquet(layout.split("test"), columns=["drop_id"])["drop_id"].to_numpy()
+    frame = pd.read_parquet(layout.eval_dir / "preference_scores.parquet")
+    labels = frame["label"].to_numpy() if "label" in frame.columns else None
+    untuned = scores_of(frame, "untuned")
+    beta = recipe.preference.beta
+    mine = row_metrics(scores_of(frame, "model"), untuned, labels, beta)[metric]
+    theirs = row_metrics(scores_of(frame, "champion"), untuned, labels, beta)[metric]
+    slices = {}
+    for drop_id in earlier:
+        rows = np.flatnonzero(drops == drop_id)
+        if len(rows) < 2:
+            continue
+        block = bootstrap_delta(
+            lambda i, r=rows: mine(r[i]), lambda i, r=rows: theirs(r[i]), len(rows), metric
+        )
+        if math.isnan(block["delta"]):
+            continue
+        forgot = block["delta"] < -margin and block["ci_high"] < 0
+        values = {metric: mine(rows), f"champion_{metric}": theirs(rows)}
+        slices[drop_id] = {"rows": len(rows), **values, **block, "forgotten": bool(forgot)}
     return slices
 
 

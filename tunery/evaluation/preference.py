@@ -231,17 +231,19 @@ def evaluate_preference(
     replies = _replies(model, tokenizer, sample, recipe)
     del model
     champion_metrics, gate_bootstrap, other, other_name = None, None, untuned, "untuned"
+    champion_scores: dict[str, np.ndarray] = {}
     primary = recipe.evaluation.gate.metric(recipe.task)
     if champion_dir is not None:
         step(f"scoring the champion on the same {n} rows, paired bootstrap")
         del untuned
         other, other_name = export.load_exported(champion_dir, "preference"), "champion"
-        champion_fns = row_metrics(score(other, tokenizer, rows), untuned_scores, labels, beta)
+        champion_scores = score(other, tokenizer, rows)
+        champion_fns = row_metrics(champion_scores, untuned_scores, labels, beta)
         champion_metrics = _values(champion_fns, n)
         gate_bootstrap = bootstrap_delta(tuned_fns[primary], champion_fns[primary], n, primary)
     step(f"generating the {other_name} model's replies to the same {len(sample)} prompts")
     other_replies = _replies(other, tokenizer, sample, recipe)
-    _write_rows(layout, rows, scores, untuned_scores)
+    _write_rows(layout, rows, {"model": scores, "untuned": untuned_scores, "champion": champion_scores})
     first = "chosen" if labels is None else "completion"
     pd.DataFrame(
         {
@@ -271,9 +273,19 @@ def evaluate_preference(
     }
 
 
-def _write_rows(layout: RunLayout, rows: list[dict], scores: dict, untuned: dict) -> None:
-    frame = pd.DataFrame({f"model_{k}": v for k, v in scores.items()})
-    for k, v in untuned.items():
-        frame[f"untuned_{k}"] = v
+def _write_rows(layout: RunLayout, rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) -> None:
+    """``eval/preference_scores.parquet``: per test row, each model's scores (``<model>_<side>``, as
+    :func:`score` returns them; no champion columns without a champion), labels of unpaired rows."""
+    frame = pd.DataFrame(
+        {f"{name}_{k}": v for name, per_model in scores.items() for k, v in per_model.items()}
+    )
     frame.insert(0, "prompt", [json.dumps(r["prompt"], ensure_ascii=False)[:2000] for r in rows])
+    if rows and "label" in rows[0]:
+        frame["label"] = [bool(r["label"]) for r in rows]
     frame.to_parquet(layout.eval_dir / "preference_scores.parquet", index=False)
+
+
+def scores_of(frame: pd.DataFrame, name: str) -> dict[str, np.ndarray]:
+    """One model's scores read back from ``eval/preference_scores.parquet`` (the inverse of writing it)."""
+    prefix = f"{name}_"
+    return {c[len(prefix) :]: frame[c].to_numpy() for c in frame.columns if c.startswith(prefix)}
