@@ -266,7 +266,8 @@ def score(
 
 @app.command()
 def lineage(model: ModelArg, tracking_uri: TrackingOpt = None) -> None:
-    """Print the data drops a registered model version was trained on (NAME@ALIAS or NAME@VERSION)."""
+    """Print where a registered model version (NAME@ALIAS or NAME@VERSION) comes from: the registered model
+    it started from (model.init_from) and the data drops it was trained on (continuous learning)."""
     from tunery.continual.lineage import LineageError, lineage_text
     from tunery.continual.lineage import lineage as read_lineage
     from tunery.serving import scoring

@@ -55,3 +55,15 @@ def test_lineage_text_lists_every_drop():
     text = lineage_text(info)
     assert "sms version 2 (champion)" in text and "dataset version 2, 2 drop(s)" in text
     assert "a" * 64 in text and "b" * 64 in text and "d2.tsv" in text
+
+
+def test_lineage_text_names_the_parent_of_a_version_trained_from_a_registered_model():
+    parent = {"reference": "assistant-sft version 3 (run r0)", "model": "assistant-sft", "version": "3"}
+    info = {"model": "assistant-dpo", "version": "1", "aliases": ["champion"], "run_id": "r1"}
+    info |= {"parent": {**parent, "run_id": "r0"}, "dataset_version": None, "drops": [], "new_drops": []}
+    text = lineage_text(info)
+    assert text.splitlines()[:2] == [
+        "assistant-dpo version 1 (champion): run r1",
+        "trained from assistant-sft version 3 (run r0)",
+    ]
+    assert "no drops" in text and "sha256" not in text

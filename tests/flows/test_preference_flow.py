@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from tunery.config import load_recipe
-from tunery.tracking import client
+from tunery.continual.lineage import lineage, lineage_text
+from tunery.tracking import client, tracking_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -120,6 +121,14 @@ def test_dpo_starts_from_the_sft_champion_and_its_version_names_that_parent(dpo,
     assert tags["tunery.parent.model"] == "assistant-sft" and tags["tunery.parent.version"] == "1"
     sft_run = client(recipe).get_model_version("assistant-sft", "1").run_id
     assert tags["tunery.parent.run_id"] == sft_run == parent["run_id"]
+    info = lineage("assistant-dpo@champion", tracking_uri(recipe))  # what `tunery lineage` prints
+    assert info["parent"] | {"reference": ""} == {
+        "reference": "",
+        "model": "assistant-sft",
+        "version": "1",
+        "run_id": sft_run,
+    }
+    assert info["dataset_version"] is None and "trained from assistant-sft version 1" in lineage_text(info)
     meta = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert meta["baselines"]["untuned"]["model"] == str(run_dir / "start"), "the SFT model is the reference"
     train = json.loads((run_dir / "train" / "metrics.json").read_text())

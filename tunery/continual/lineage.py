@@ -1,4 +1,5 @@
-"""Which drops a registered model version was trained on (continuous learning's lineage)."""
+"""Where a registered model version comes from: the drops it was trained on (continuous learning) and the
+registered model it started from (``model.init_from``: an SFT parent of a preference-tuned model, say)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,14 @@ def lineage(reference: str, tracking_uri: str) -> dict:
     """The lineage of a registered model version.
 
     Returns:
-        ``model``, ``version``, ``aliases``, ``run_id``, ``dataset_version``, ``drops`` (id, sha256, name,
-        uri, arrived_at, rows per drop) and ``new_drops`` (those the version's run added).
+        ``model``, ``version``, ``aliases``, ``run_id``, ``parent`` (the version training started from:
+        ``reference``, ``model``, ``version``, ``run_id``; None when it started from a base model),
+        ``dataset_version``, ``drops`` (id, sha256, name, uri, arrived_at, rows per drop) and ``new_drops``
+        (those the version's run added); no drops (``dataset_version`` None) when it was not trained by
+        continuous learning.
 
     Raises:
-        LineageError: unknown model/alias/version, or a version not trained by continuous learning.
+        LineageError: unknown model/alias/version, or a version with neither drops nor a parent.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -51,10 +55,20 @@ def lineage(reference: str, tracking_uri: str) -> dict:
     except MlflowException as exc:
         raise LineageError(f"{reference}: no such model version ({exc.message})") from None
     tags = mv.tags or {}
+    found = {
+        "model": name,
+        "version": str(mv.version),
+        "aliases": list(mv.aliases or []),
+        "run_id": mv.run_id,
+        "parent": parent_of(tags),
+    }
     if "tunery.dataset.version" not in tags:
-        raise LineageError(
-            f"{name} version {mv.version} has no drop lineage (it was not trained by continuous learning)"
-        )
+        if found["parent"] is None:
+            raise LineageError(
+                f"{name} version {mv.version} has no lineage: it was not trained by continuous learning "
+                "and started from a base model, not a registered one"
+            )
+        return {**found, "dataset_version": None, "drops": [], "new_drops": []}
     scratch = tempfile.mkdtemp(prefix="tunery-lineage-")
     try:
         local = mlflow.artifacts.download_artifacts(
@@ -77,20 +91,33 @@ def lineage(reference: str, tracking_uri: str) -> dict:
             "drops": drops,
             "new_drops": [d for d in tags.get("tunery.drops.new", "").split(",") if d],
         }
+    return {**found, **{k: record[k] for k in ("dataset_version", "drops", "new_drops")}}
+
+
+def parent_of(tags: dict[str, str]) -> dict | None:
+    """The parent a version's ``tunery.parent*`` tags name (``tunery.registry`` writes them), or None."""
+    if "tunery.parent.run_id" not in tags:
+        return None
     return {
-        "model": name,
-        "version": str(mv.version),
-        "aliases": list(mv.aliases or []),
-        "run_id": mv.run_id,
-        **{k: record[k] for k in ("dataset_version", "drops", "new_drops")},
+        "reference": tags.get("tunery.parent", ""),
+        "model": tags.get("tunery.parent.model"),
+        "version": tags.get("tunery.parent.version"),
+        "run_id": tags["tunery.parent.run_id"],
     }
 
 
 def lineage_text(info: dict) -> str:
     """A plain-text table of a lineage, for the terminal."""
     aliases = f" ({', '.join(info['aliases'])})" if info["aliases"] else ""
-    lines = [
-        f"{info['model']} version {info['version']}{aliases}: run {info['run_id']}",
+    lines = [f"{info['model']} version {info['version']}{aliases}: run {info['run_id']}"]
+    parent = info.get("parent")
+    if parent:
+        named = f"{parent['model']} version {parent['version']}" if parent.get("model") else "a run's model"
+        lines.append(f"trained from {named} (run {parent['run_id']})")
+    if info.get("dataset_version") is None:
+        lines.append("not trained by continuous learning: no drops")
+        return "\n".join(lines)
+    lines += [
         f"dataset version {info['dataset_version']}, {len(info['drops'])} drop(s); new in this version: "
         f"{', '.join(info['new_drops']) or 'none'}",
         f"{'drop':<17} {'sha256':<64} {'rows':>6}  {'arrived (UTC)':<24} name",
