@@ -403,6 +403,10 @@ def warm_start(recipe: Recipe, layout: RunLayout) -> tuple[Recipe, str]:
             f"training starts from the base model {recipe.model.base}"
         )
     warm = recipe.model_copy(update={"model": recipe.model.model_copy(update={"init_from": str(folder)})})
+    name = recipe.mlflow.registered_model
+    parent = {"reference": f"{name}@{version}", "model": name, "version": str(version)}
+    parent["run_id"] = client(recipe).get_model_version(name, str(version)).run_id
+    layout.parent.write_text(json.dumps(parent, indent=2), encoding="utf-8")  # the new version's lineage
     return warm, f"warm start from champion version {version} ({folder})"
 
 
@@ -523,7 +527,11 @@ def _parent_tags(layout: RunLayout) -> dict[str, str]:
         return {}
     parent = json.loads(layout.parent.read_text(encoding="utf-8"))
     named = f"{parent['model']} version {parent['version']}" if parent.get("model") else "a run's model"
-    tags = {"tunery.parent": f"{named} (run {parent['run_id']})", "tunery.parent.run_id": parent["run_id"]}
+    tags = {
+        "tunery.parent": f"{named} (run {parent['run_id']})",
+        "tunery.parent.reference": parent["reference"],
+        "tunery.parent.run_id": parent["run_id"],
+    }
     if parent.get("model"):
         tags.update({"tunery.parent.model": parent["model"], "tunery.parent.version": parent["version"]})
     return tags

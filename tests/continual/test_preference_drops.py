@@ -80,7 +80,8 @@ def test_preference_drops_dedup_by_judgement_and_split_by_prompt(tmp_path, demo_
     _drop(recipe, "drop-1.json", first)
     assert _update(recipe)["version"] == 1
     reversed_pair = {**first[1], "chosen": first[1]["rejected"], "rejected": first[1]["chosen"]}
-    _drop(recipe, "drop-2.json", [first[0], reversed_pair, *later])
+    same_prompt = {**first[2], "chosen": later[0]["chosen"], "rejected": later[0]["rejected"]}  # new answers
+    _drop(recipe, "drop-2.json", [first[0], reversed_pair, same_prompt, *later[1:]])
     update = _update(recipe)
     assert update["version"] == 2 and not update["failed"]
 
@@ -100,6 +101,10 @@ def test_preference_drops_dedup_by_judgement_and_split_by_prompt(tmp_path, demo_
 
     rows = dataset.rows(dataset.latest())
     assert {"pair", "prompt", VERDICT}.issubset(rows.columns)
+    # a new judgement on an earlier prompt is kept, in the split of that prompt's first pair
+    prompt = first[2]["conversations"][-1]["value"]
+    of_prompt = rows[rows["prompt"].str.contains(prompt[:60], regex=False)]
+    assert list(of_prompt["drop_id"]) == [one, two] and of_prompt["split"].nunique() == 1
     layout = RunLayout.create(tmp_path / "runs", "pairs")
     paths = continuous.materialise(recipe, layout, 2)
     parts = {name: pd.read_parquet(paths[name]) for name in SPLITS}
@@ -123,21 +128,52 @@ def test_a_drop_of_kto_rows_fails_for_a_dpo_recipe_and_is_taken_by_a_kto_recipe(
     update = _update(recipe)
     assert update["version"] == 1 and not update["failed"]
     rows = DropDataset.of(recipe).rows(DropDataset.of(recipe).latest())
-    assert set(rows[VERDICT]) <= {"desirable", "undesirable"} and len(rows) >= 10
+    labels = [json.loads(pair)["label"] for pair in rows["pair"]]
+    assert len(rows) >= 10 and len(set(labels)) == 2, "desirable and undesirable answers both kept"
+    assert list(rows[VERDICT]) == ["desirable" if label else "undesirable" for label in labels]
+
+    # the same answer labelled the other way round contradicts the history; pairs cannot join KTO rows
+    flipped = {**kto[0], "label": not kto[0]["label"]}
+    _drop(recipe, "flipped.json", [flipped, *kto[20:25]])
+    pairs = json.loads((shared_data / "llama_factory" / "dpo_en_demo.json").read_text(encoding="utf-8"))
+    _drop(recipe, "pairs.json", pairs[:5])
+    update = _update(recipe)
+    (reason,) = update["failed"].values()
+    assert "kto takes pairs or unpaired (KTO) rows, not both" in reason and "already holds unpaired" in reason
+    dataset = DropDataset.of(recipe)
+    quarantine = _quarantine(dataset, _id_of(recipe, "flipped.json"))
+    assert list(quarantine["reason"]).count("conflicting_duplicate") == 1
+    (conflict,) = quarantine.loc[quarantine["reason"] == "conflicting_duplicate", "detail"]
+    assert conflict.endswith(f"(this row: {'desirable' if flipped['label'] else 'undesirable'})")
 
 
-def _scored_run(tmp_path: Path, drop_ids: list[str], model: np.ndarray, champion: np.ndarray) -> RunLayout:
-    """A run folder as evaluation leaves it for the forgetting check: the test split's drops, per-row
-    scores (chosen minus rejected log-probability per token: ``model``/``champion``; one token per answer)."""
+def _scored_run(
+    tmp_path: Path, drop_ids: list[str], model: np.ndarray, champion: np.ndarray, labels=None
+) -> RunLayout:
+    """A run folder as evaluation leaves it for the forgetting check: the test split's drops and the per-row
+    scores evaluation writes (``model``/``champion``: each answer's log-probability, one token per answer;
+    pairs: chosen minus rejected; with ``labels``: unpaired rows, the answer's)."""
+    from tunery.evaluation.preference import write_scores
+
     layout = RunLayout.create(tmp_path, "pairs")
     layout.split("test").parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"drop_id": drop_ids}).to_parquet(layout.split("test"), index=False)
     layout.eval_dir.mkdir(parents=True, exist_ok=True)
-    n, frame = len(drop_ids), {"prompt": ["p"] * len(drop_ids)}
-    for name, margin in {"model": model, "untuned": np.zeros(n), "champion": champion}.items():
-        frame |= {f"{name}_chosen": margin, f"{name}_rejected": np.zeros(n)}
-        frame |= {f"{name}_chosen_tokens": np.ones(n), f"{name}_rejected_tokens": np.ones(n)}
-    pd.DataFrame(frame).to_parquet(layout.eval_dir / "preference_scores.parquet", index=False)
+    n, ones = len(drop_ids), np.ones(len(drop_ids))
+    prompt = [{"role": "user", "content": "p"}]
+    if labels is None:
+        rows = [{"prompt": prompt}] * n
+        scores = {
+            name: {"chosen": margin, "rejected": np.zeros(n), "chosen_tokens": ones, "rejected_tokens": ones}
+            for name, margin in {"model": model, "untuned": np.zeros(n), "champion": champion}.items()
+        }
+    else:
+        rows = [{"prompt": prompt, "label": bool(label)} for label in labels]
+        scores = {
+            name: {"completion": logp, "completion_tokens": ones}
+            for name, logp in {"model": model, "untuned": np.zeros(n), "champion": champion}.items()
+        }
+    write_scores(layout, rows, scores)
     layout.metrics.write_text(json.dumps({"champion": {"preference_accuracy": 0.5}}), encoding="utf-8")
     lineage = {"drops": [{"id": "old"}, {"id": "new"}], "new_drops": ["new"]}
     (layout.root / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
@@ -161,3 +197,27 @@ def test_the_preference_forgetting_check_compares_stored_scores_on_earlier_drops
     same = np.where(np.arange(40) >= 30, -1.0, 1.0)
     result = forgetting.forgetting_check(recipe, _scored_run(tmp_path / "b", drop_ids, same, champion))
     assert result["passed"] and result["slices"]["old"]["delta"] == 0.0
+
+
+def test_the_kto_forgetting_check_reads_its_auc_and_notes_a_slice_of_one_label(tmp_path):
+    recipe = _recipe(tmp_path, objective="kto")
+    drop_ids = ["old"] * 20 + ["new"] * 10
+    labels = [i % 2 == 0 for i in range(20)] + [True] * 10
+    champion = np.where(labels, 0.0, -1.0)  # separates desirable from undesirable answers: AUC 1
+    model = -champion  # the other way round: AUC 0 on the old drop's rows
+    result = forgetting.forgetting_check(
+        recipe, _scored_run(tmp_path / "a", drop_ids, model, champion, labels)
+    )
+    block = result["slices"]["old"]
+    assert (block["preference_accuracy"], block["champion_preference_accuracy"]) == (0.0, 1.0)
+    assert result["forgotten"] == ["old"]
+    # every test row of the old drop desirable: its AUC is undefined, the slice says so and is not forgotten
+    one_label = [True] * 30
+    layout = _scored_run(tmp_path / "b", drop_ids, model, champion, one_label)
+    result = forgetting.forgetting_check(recipe, layout)
+    assert result["slices"]["old"] == {
+        "rows": 20,
+        "forgotten": False,
+        "note": result["slices"]["old"]["note"],
+    }
+    assert result["passed"] and "undefined" in forgetting.describe(result["metric"], result["slices"]["old"])

@@ -135,6 +135,12 @@ def test_a_drop_that_makes_the_model_forget_is_not_promoted(first, flipped, scen
     info = lineage(f"sms-drops@{result['version']}", mlflow_server)
     assert [d["id"] for d in info["drops"]] == [first_drop, found["new"][0]["id"]]
     assert info["new_drops"] == [found["new"][0]["id"]]
+    parent = json.loads((run_dir / "parent.json").read_text())  # the champion it was warm-started from
+    assert info["parent"] == parent and parent["model"] == "sms-drops"
+    assert (
+        int(parent["version"]) < int(result["version"])
+        and parent["reference"] == f"sms-drops@{parent['version']}"
+    )
 
 
 def _other_domain(shared_data: Path, n: int, seed: int) -> pd.DataFrame:

@@ -119,11 +119,12 @@ def test_dpo_starts_from_the_sft_champion_and_its_version_names_that_parent(dpo,
     }
     tags = client(recipe).get_model_version("assistant-dpo", "1").tags
     assert tags["tunery.parent.model"] == "assistant-sft" and tags["tunery.parent.version"] == "1"
+    assert tags["tunery.parent.reference"] == "assistant-sft@champion"
     sft_run = client(recipe).get_model_version("assistant-sft", "1").run_id
     assert tags["tunery.parent.run_id"] == sft_run == parent["run_id"]
     info = lineage("assistant-dpo@champion", tracking_uri(recipe))  # what `tunery lineage` prints
-    assert info["parent"] | {"reference": ""} == {
-        "reference": "",
+    assert info["parent"] == {
+        "reference": "assistant-sft@champion",
         "model": "assistant-sft",
         "version": "1",
         "run_id": sft_run,

@@ -466,8 +466,11 @@ class Recipe(Section):
                 "`preference.objective: kto` needs `training.batch_size` >= 2 (its KL estimate pairs each "
                 "answer with another prompt of the same batch)"
             )
-        if self.continuous is not None and self.continuous.forgetting_metric == "rouge_l":
-            raise ValueError("`continuous.forgetting_metric: rouge_l` needs task sft (preference: auto)")
+        if self.continuous is not None and self.continuous.forgetting_metric != "auto":
+            raise ValueError(
+                f"`continuous.forgetting_metric: {self.continuous.forgetting_metric}` needs task sft "
+                "(preference checks forgetting on preference accuracy: use auto)"
+            )
 
     def digest(self) -> str:
         """A short content hash of the recipe, stable across key order."""

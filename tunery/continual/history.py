@@ -62,9 +62,12 @@ class History:
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (drop id, label or verdict)
     near: NearDuplicateIndex | None = None
     labels: dict[str, str] = field(default_factory=dict)  # near-index key "drop:row" -> label
+    paired: bool | None = None  # preference rows: pairs (True) or unpaired KTO rows (False); else None
 
     def add(self, rows: pd.DataFrame, signatures: np.ndarray | None) -> None:
         judged = rows[VERDICT] if VERDICT in rows.columns else rows["label"]
+        if VERDICT in rows.columns and len(rows) and self.paired is None:
+            self.paired = rows[VERDICT].iloc[0] not in preferences.UNPAIRED_VERDICTS
         for key, drop_id, label in zip(rows["key"], rows["drop_id"], judged, strict=True):
             self.keys.setdefault(key, (drop_id, label))
         if self.near is not None and signatures is not None and len(rows):
@@ -125,7 +128,10 @@ class DropDataset:
             folder = self.drop_dir(entry["id"])
             stored = pq.read_schema(folder / "rows.parquet").names
             columns = ["key", "drop_id", "label"] + ([VERDICT] if VERDICT in stored else [])
-            rows = pd.read_parquet(folder / "rows.parquet", columns=columns)
+            if "pair" in stored and VERDICT not in stored:  # a preference drop staged before verdicts
+                rows = _judged(pd.read_parquet(folder / "rows.parquet", columns=[*columns, "pair"]))
+            else:
+                rows = pd.read_parquet(folder / "rows.parquet", columns=columns)
             signatures = None
             if near is not None:
                 signatures = np.load(folder / "signatures.npy")
@@ -171,8 +177,8 @@ class DropDataset:
             for uri in drop.file_list()
         ]
         ingested = pd.concat(frames, ignore_index=True)
-        if kind == "preference":
-            check_objective(recipe, ingested)  # KTO rows in a drop of a paired objective: the drop fails
+        if kind == "preference":  # KTO rows for a paired objective, or another kind than the history's
+            check_objective(recipe, ingested, history.paired)
         seconds = {"ingest": time.perf_counter() - clock}
         folder = self.drop_dir(drop.id)
         work = folder.with_name(f".{drop.id}.staging")
@@ -256,6 +262,15 @@ def _exact(uri: str) -> str:
     return uri if "://" in uri else glob.escape(uri)
 
 
+def _judged(rows: pd.DataFrame) -> pd.DataFrame:
+    """Preference rows with ``key`` (what they judge: the prompt and its two answers, or the one answer)
+    and ``verdict`` (which answer is preferred, or whether the answer is desirable), from their pair."""
+    judgements = [preferences.dedup_key(json.loads(pair)) for pair in rows["pair"]]
+    return rows.assign(
+        key=normalise_many([key for key, _ in judgements]), **{VERDICT: [v for _, v in judgements]}
+    )
+
+
 def _dedup_against(
     kept: pd.DataFrame, history: History, drop_id: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray | None]:
@@ -269,9 +284,7 @@ def _dedup_against(
     kept = kept.reset_index(drop=True).copy()
     judged = "pair" in kept.columns  # preference rows: the same answers to the same prompt, and their order
     if judged:
-        judgements = [preferences.dedup_key(json.loads(pair)) for pair in kept["pair"]]
-        kept["key"] = normalise_many([key for key, _ in judgements])
-        kept[VERDICT] = [verdict for _, verdict in judgements]
+        kept = _judged(kept)
     else:
         kept["key"] = normalise_many(kept["text"].tolist())
     kept["drop_id"] = drop_id

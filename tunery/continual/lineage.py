@@ -99,7 +99,7 @@ def parent_of(tags: dict[str, str]) -> dict | None:
     if "tunery.parent.run_id" not in tags:
         return None
     return {
-        "reference": tags.get("tunery.parent", ""),
+        "reference": tags.get("tunery.parent.reference", ""),  # model.init_from, or NAME@N of a warm start
         "model": tags.get("tunery.parent.model"),
         "version": tags.get("tunery.parent.version"),
         "run_id": tags["tunery.parent.run_id"],

@@ -137,13 +137,17 @@ def recheck(row: dict) -> None:
         raise PreferenceError("chosen_equals_rejected", "both answers are the same after cleaning")
 
 
+# dedup_key's verdicts of unpaired (KTO) rows; a pair's verdict says which of its two answers is preferred
+UNPAIRED_VERDICTS = ("desirable", "undesirable")
+
+
 def dedup_key(row: dict) -> tuple[str, str]:
     """``(key, verdict)``: rows with one key judge the same answers to the same prompt. Equal verdicts are
     duplicates; different ones contradict each other (a pair preferred the other way round, one completion
     labelled both desirable and undesirable)."""
     prompt = prompt_key(row)
     if is_unpaired(row):
-        verdict = "desirable" if row["label"] else "undesirable"
+        verdict = UNPAIRED_VERDICTS[0] if row["label"] else UNPAIRED_VERDICTS[1]
         return f"{prompt}\n[completion]\n{conv.key({'messages': row['completion']})}", verdict
     chosen, rejected = (conv.key({"messages": row[side]}) for side in ("chosen", "rejected"))
     first, second = sorted((chosen, rejected))

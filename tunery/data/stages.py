@@ -43,19 +43,38 @@ def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
     return layout.ingested
 
 
-def check_objective(recipe: Recipe, rows: pd.DataFrame) -> None:
-    """Paired objectives need pairs: unpaired (KTO) rows are a recipe mistake, not bad rows. (kto takes
-    pairs too: each becomes a desirable and an undesirable answer.)
+def check_objective(recipe: Recipe, rows: pd.DataFrame, paired: bool | None = None) -> None:
+    """Paired objectives need pairs: unpaired (KTO) rows are a recipe mistake, not bad rows. kto takes
+    pairs too (each becomes a desirable and an undesirable answer), but not both kinds in one data set:
+    its evaluation scores either pairs or labelled answers.
+
+    Args:
+        paired: what the data set holds already (continuous learning: the history), or None.
 
     Raises:
-        DataError: naming the objective and the files that hold unpaired rows.
+        DataError: naming the objective and the files that hold the rows of the wrong kind.
     """
     from tunery.data.ingest import DataError
 
-    if recipe.preference.objective == "kto":
-        return
     read = rows.loc[rows["error"] == "", ["source", "pair"]]
-    unpaired = read[["completion" in json.loads(pair) for pair in read["pair"]]]
+    is_unpaired = ["completion" in json.loads(pair) for pair in read["pair"]]
+    if recipe.preference.objective == "kto":
+        kinds = set(is_unpaired) | ({not paired} if paired is not None else set())
+        if len(kinds) > 1:
+            where = (
+                "this data"
+                if paired is None
+                else "the data set already holds "
+                + ("pairs" if paired else "unpaired rows")
+                + ", and this data"
+            )
+            raise DataError(
+                f"preference.objective kto takes pairs or unpaired (KTO) rows, not both: {where} "
+                f"holds {sum(is_unpaired)} unpaired rows and {len(is_unpaired) - sum(is_unpaired)} pairs "
+                f"({', '.join(sorted(set(read['source']))[:3])}): keep one kind per recipe"
+            )
+        return
+    unpaired = read[is_unpaired]
     if len(unpaired):
         files = ", ".join(sorted(set(unpaired["source"]))[:3])
         raise DataError(

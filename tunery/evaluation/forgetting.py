@@ -27,11 +27,14 @@ from tunery.layout import RunLayout
 
 
 def forgetting_metric(recipe: Recipe) -> str:
-    """The metric the check uses: the recipe's choice; auto: the gate's primary metric (classification) or
-    perplexity (sft)."""
+    """The metric the check uses: the recipe's choice; auto: the gate's primary metric (classification),
+    perplexity (sft) or preference accuracy (preference: the reward metrics measure against the model
+    training started from, which a warm start makes the champion itself)."""
     chosen = recipe.continuous.forgetting_metric if recipe.continuous else "auto"
     if chosen != "auto":
         return chosen
+    if recipe.task == "preference":
+        return "preference_accuracy"
     return "perplexity" if recipe.task == "sft" else recipe.evaluation.gate.metric(recipe.task)
 
 
@@ -96,6 +99,8 @@ def forgetting_check(recipe: Recipe, layout: RunLayout, champion_dir: Path | Non
 
 def describe(metric: str, block: dict) -> str:
     """One line for a slice of the result (a log line)."""
+    if "note" in block and "delta" not in block:
+        return f"test rows ({block['rows']}): {metric} {block['note']}"
     if "champion_perplexity" in block:
         values = f"perplexity {block['perplexity']:.3f} vs champion {block['champion_perplexity']:.3f}"
     elif "champion_rouge_l" in block:
@@ -145,7 +150,7 @@ def _preference_slices(
 ) -> dict:
     """Preference: the metric of the model and of the champion on each earlier drop's test rows, from the
     per-row scores evaluation stored (``eval/preference_scores.parquet``: nothing is scored again). A slice
-    on which the metric is undefined (an AUC over rows of one label) is left out."""
+    on which the metric is undefined (an AUC over rows of one label) is kept with a note, not forgotten."""
     from tunery.evaluation.preference import bootstrap_delta, row_metrics, scores_of
 
     drops = pd.read_parquet(layout.split("test"), columns=["drop_id"])["drop_id"].to_numpy()
@@ -164,6 +169,8 @@ def _preference_slices(
             lambda i, r=rows: mine(r[i]), lambda i, r=rows: theirs(r[i]), len(rows), metric
         )
         if math.isnan(block["delta"]):
+            note = "undefined on these rows (an AUC needs desirable and undesirable answers)"
+            slices[drop_id] = {"rows": len(rows), "forgotten": False, "note": note}
             continue
         forgot = block["delta"] < -margin and block["ci_high"] < 0
         values = {metric: mine(rows), f"champion_{metric}": theirs(rows)}

@@ -243,7 +243,7 @@ def evaluate_preference(
         gate_bootstrap = bootstrap_delta(tuned_fns[primary], champion_fns[primary], n, primary)
     step(f"generating the {other_name} model's replies to the same {len(sample)} prompts")
     other_replies = _replies(other, tokenizer, sample, recipe)
-    _write_rows(layout, rows, {"model": scores, "untuned": untuned_scores, "champion": champion_scores})
+    write_scores(layout, rows, {"model": scores, "untuned": untuned_scores, "champion": champion_scores})
     first = "chosen" if labels is None else "completion"
     pd.DataFrame(
         {
@@ -273,7 +273,7 @@ def evaluate_preference(
     }
 
 
-def _write_rows(layout: RunLayout, rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) -> None:
+def write_scores(layout: RunLayout, rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) -> None:
     """``eval/preference_scores.parquet``: per test row, each model's scores (``<model>_<side>``, as
     :func:`score` returns them; no champion columns without a champion), labels of unpaired rows."""
     frame = pd.DataFrame(
