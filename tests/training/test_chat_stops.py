@@ -48,7 +48,7 @@ def tuned_smollm2(shared_data, tmp_path_factory):
             split: {{train: 0.8, validation: 0.05, test: 0.15}}
             model: {{base: smollm2, max_length: 384}}
             method: {{name: lora, lora: {{r: 8, alpha: 16, target_modules: [q_proj, v_proj]}}}}
-            training: {{max_steps: 12, batch_size: 4, eval_batch_size: 4, learning_rate: 1.0e-3,
+            training: {{max_steps: 8, batch_size: 4, eval_batch_size: 4, learning_rate: 1.0e-3,
                         logging_steps: 4}}
             sft: {{generation_max_new_tokens: {BUDGET}, repetition_penalty: 1.1, packing: true}}
             evaluation: {{generation_samples: {TURNS}}}

@@ -202,3 +202,42 @@ def test_a_retry_from_the_last_checkpoint_of_the_budget_trains_no_extra_step(tmp
     assert "step 7/6" not in log
     assert resumed["global_steps"] == 6 and resumed["resumed_from"].endswith("checkpoint-6")
     assert resumed["validation"]["loss"] == pytest.approx(first["validation"]["loss"], abs=1e-6)
+
+
+@pytest.mark.slow  # 60 steps of the packaged MiniLM
+def test_bf16_on_a_cpu_with_native_bfloat16_trains_under_autocast_and_exports_fp32_weights(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, TrainerCallback
+
+    from tunery.models import resolve_model
+    from tunery.training import methods
+
+    if torch.cuda.is_available() or not methods.cpu_has_native_bf16():
+        pytest.skip("the CPU autocast path: needs a CPU with AVX512-BF16 or AMX and no GPU")
+
+    class OutputDtypes(TrainerCallback):
+        """The dtype of every Linear output of the training forward passes."""
+
+        def __init__(self) -> None:
+            self.seen: set = set()
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.register_forward_hook(
+                        lambda m, i, out: self.seen.add(out.dtype) if m.training else None
+                    )
+
+    probe, layout = OutputDtypes(), write_splits(tmp_path)
+    recipe = recipe_for(
+        resolve_model("minilm"), "lora", tmp_path, learning_rate=3e-3, max_steps=60, precision="bf16"
+    )
+    methods.check_supported(recipe)  # accepted before launch
+    model_dir = train(recipe, layout, ListLogger(), callbacks=[probe])
+    assert probe.seen == {torch.bfloat16}, "matrix products ran in bfloat16"
+    summary = json.loads((layout.train_dir / "metrics.json").read_text())
+    assert summary["validation"]["accuracy"] >= 0.9, summary["validation"]
+    assert summary["export"]["format"] == "merged" and summary["export"]["max_abs_diff"] < 1e-2
+    exported = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert {p.dtype for p in exported.parameters()} == {torch.float32}, "weights stay fp32 under autocast"
+    assert list(TextClassifier(model_dir).predict(["the film was great number 1"])) == ["pos"]

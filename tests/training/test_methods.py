@@ -285,10 +285,32 @@ def test_check_supported_rejects_qlora_without_bitsandbytes(models, monkeypatch)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_check_supported_rejects_half_precision_without_gpu(precision, models):
+def test_check_supported_rejects_half_precision_without_gpu(precision, models, monkeypatch):
+    monkeypatch.setattr(methods, "cpu_has_native_bf16", lambda: False)  # a CPU without AVX512-BF16/AMX
     recipe = make_recipe("lora", "classification", models["bert"], precision=precision)
     with pytest.raises(MethodUnavailable, match=f"training.precision={precision} needs a CUDA GPU"):
         check_supported(recipe)
+
+
+def test_bf16_runs_as_autocast_on_a_cpu_with_native_bfloat16_but_not_under_deepspeed(models, monkeypatch):
+    monkeypatch.setattr(methods, "cpu_has_native_bf16", lambda: True)
+    check_supported(make_recipe("lora", "classification", models["bert"], precision="bf16"))
+    with pytest.raises(MethodUnavailable, match="needs a CUDA GPU"):  # fp16 has no CPU path
+        check_supported(make_recipe("lora", "classification", models["bert"], precision="fp16"))
+    recipe = make_recipe("lora", "classification", models["bert"], precision="bf16")
+    recipe = recipe.model_copy(
+        update={"distributed": recipe.distributed.model_copy(update={"deepspeed": "zero2"})}
+    )
+    with pytest.raises(MethodUnavailable, match="distributed.deepspeed=none"):
+        check_supported(recipe)
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags():
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n"
+    sapphire_rapids = "flags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+    older = "flags\t\t: fpu sse2 avx2 avx512f avx512vl\nmodel name\t: avx512_bf16 lookalike\n"
+    assert methods.cpu_has_native_bf16(zen4) and methods.cpu_has_native_bf16(sapphire_rapids)
+    assert not methods.cpu_has_native_bf16(older) and not methods.cpu_has_native_bf16("")
 
 
 def test_check_supported_rejects_bf16_on_an_old_gpu(models, monkeypatch):

@@ -131,7 +131,9 @@ class TrainingConfig(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="bf16/fp16 need a CUDA GPU that supports them."
+        "fp32",
+        description="fp16 needs a CUDA GPU; bf16 a GPU with bfloat16 support, or a CPU with native "
+        "bfloat16 (AVX512-BF16, AMX: autocast, without DeepSpeed).",
     )
     seed: int = Field(42, description="Seed of weight initialisation, dropout and data order.")
     logging_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimiser steps.")

@@ -359,11 +359,12 @@ def train(
     if _is_main():
         trainable = methods.trainable_summary(trainer.model)  # before a merge folds the adapters away
         # Without ZeRO-3 rank 0 holds the whole trained model: export it from memory (one write); under
-        # ZeRO-3 reload the gathered copy outside DeepSpeed.
+        # ZeRO-3 reload the gathered copy outside DeepSpeed. Unwrapped of mixed precision's autocast too:
+        # the export check compares plain fp32 forwards (bf16 products differ from the merged model's).
         model = (
             _reload(recipe, final_dir, base_path, labels)
             if zero3
-            else trainer.accelerator.unwrap_model(trainer.model)
+            else trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         )
         export = _export(recipe, layout, model, base_path, labels, tokenizer, export_sample)
         summary = {

@@ -71,6 +71,21 @@ def _bf16_supported() -> bool:
     return bool(torch.cuda.is_bf16_supported())
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """The CPU computes bfloat16 itself (AVX512-BF16 or AMX; Zen 4, Sapphire Rapids and later): bf16
+    autocast then speeds matrix products up instead of emulating them (Linux ``/proc/cpuinfo`` flags)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def check_supported(recipe: Recipe, cuda_available: bool | None = None) -> None:
     """Reject a method, precision or architecture that cannot run here, before anything is launched.
 
@@ -87,7 +102,7 @@ def check_supported(recipe: Recipe, cuda_available: bool | None = None) -> None:
     cuda = _cuda_available() if cuda_available is None else cuda_available
     if recipe.method.name == "qlora":
         _check_qlora(cuda)
-    _check_precision(recipe.training.precision, cuda)
+    _check_precision(recipe.training.precision, cuda, recipe.distributed.deepspeed)
     if recipe.method.name == "prefix_tuning" and recipe.training.gradient_checkpointing:
         # peft's prefixes are a KV cache, which activation checkpointing cannot recompute (peft refuses)
         raise MethodUnavailable(
@@ -111,13 +126,22 @@ def _check_qlora(cuda: bool) -> None:
         )
 
 
-def _check_precision(precision: str, cuda: bool) -> None:
+def _check_precision(precision: str, cuda: bool, deepspeed: str = "none") -> None:
     if precision == "fp32":
         return
     if not cuda:
+        if precision == "bf16" and cpu_has_native_bf16():
+            if deepspeed != "none":
+                raise MethodUnavailable(
+                    "training.precision=bf16 on a CPU runs as the Trainer's autocast (fp32 weights, bf16 "
+                    f"products), not under DeepSpeed (distributed.deepspeed={deepspeed}): use "
+                    "distributed.deepspeed=none (several processes still train over gloo) or precision=fp32"
+                )
+            return
         raise MethodUnavailable(
-            f"training.precision={precision} needs a CUDA GPU; this machine has none: "
-            "use training.precision=fp32"
+            f"training.precision={precision} needs a CUDA GPU"
+            + (" or a CPU with native bfloat16 (AVX512-BF16 or AMX)" if precision == "bf16" else "")
+            + "; this machine has neither: use training.precision=fp32"
         )
     if precision == "bf16" and not _bf16_supported():
         raise MethodUnavailable(
