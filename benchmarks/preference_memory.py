@@ -416,13 +416,7 @@ def paired_accuracy(mine: list[dict], theirs: list[dict], untuned: dict) -> dict
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--model",
-        default=MODEL,
-        help=f"the chat model every side tunes: catalogue name, local folder or hub id (default {MODEL})",
-    )
+    workers.common_arguments(parser, DEFAULT_DATA_DIR, DEFAULT_OUT, MODEL, "the chat model every side tunes")
     parser.add_argument("--max-length", type=int, default=512, help="token budget of prompt + answer")
     parser.add_argument("--steps", type=int, default=16, help="optimiser steps of every trainer")
     parser.add_argument("--batch-size", type=int, default=2, help="pairs per step")
@@ -460,7 +454,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     load = os.getloadavg()
     machine = hostinfo.machine_info(("torch", "transformers", "peft", "trl", "datasets", "accelerate"))
-    runs: dict[str, list[dict]] = {name: [] for name in WORKERS}
     workdir = Path(tempfile.mkdtemp(prefix="tunery-preference-memory-"))
     try:
         splits, data = prepare_splits(args, workdir / "data")
@@ -472,12 +465,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             RESULT_PREFIX,
             args.verbose,
         )
-        for repeat in range(args.repeats):
-            order = WORKERS if repeat % 2 == 0 else tuple(reversed(WORKERS))
-            for kind in order:
-                print(f"repeat {repeat + 1}/{args.repeats}: {kind} ...", flush=True)
-                command = worker_command(args, kind, splits, workdir / f"{kind}-{repeat}", args.seed + repeat)
-                runs[kind].append(workers.run_worker(command, RESULT_PREFIX, args.verbose))
+        runs = workers.run_alternately(
+            WORKERS,
+            args.repeats,
+            lambda kind, i: worker_command(args, kind, splits, workdir / f"{kind}-{i}", args.seed + i),
+            RESULT_PREFIX,
+            args.verbose,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     configs = {name: summarise(found) for name, found in runs.items()}

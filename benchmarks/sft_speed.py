@@ -365,13 +365,7 @@ def paired_eval_loss(mine: list[dict], theirs: list[dict]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--model",
-        default=MODEL,
-        help=f"the chat model both sides tune: catalogue name, local folder or hub id (default {MODEL})",
-    )
+    workers.common_arguments(parser, DEFAULT_DATA_DIR, DEFAULT_OUT, MODEL, "the chat model both sides tune")
     parser.add_argument("--max-length", type=int, default=512, help="token budget of a conversation")
     parser.add_argument("--train-rows", type=int, default=120, help="training conversations")
     parser.add_argument("--steps", type=int, default=30, help="optimiser steps of both trainers")
@@ -405,15 +399,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     load = os.getloadavg()
     machine = hostinfo.machine_info(("torch", "transformers", "peft", "trl", "datasets", "accelerate"))
-    runs: dict[str, list[dict]] = {name: [] for name in WORKERS}
     workdir = Path(tempfile.mkdtemp(prefix="tunery-sft-speed-"))
     try:
-        for repeat in range(args.repeats):
-            order = WORKERS if repeat % 2 == 0 else tuple(reversed(WORKERS))
-            for kind in order:
-                print(f"repeat {repeat + 1}/{args.repeats}: {kind} ...", flush=True)
-                command = worker_command(args, kind, workdir / f"{kind}-{repeat}", args.seed + repeat)
-                runs[kind].append(workers.run_worker(command, RESULT_PREFIX, args.verbose))
+        runs = workers.run_alternately(
+            WORKERS,
+            args.repeats,
+            lambda kind, i: worker_command(args, kind, workdir / f"{kind}-{i}", args.seed + i),
+            RESULT_PREFIX,
+            args.verbose,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     configs = {name: summarise(found) for name, found in runs.items()}

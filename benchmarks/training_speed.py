@@ -556,13 +556,7 @@ def _times(ratio: float | None) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of the shared data")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
-    parser.add_argument(
-        "--model",
-        default=MODEL,
-        help=f"the encoder both sides tune: catalogue name, local folder or hub id (default {MODEL})",
-    )
+    workers.common_arguments(parser, DEFAULT_DATA_DIR, DEFAULT_OUT, MODEL, "the encoder both sides tune")
     parser.add_argument(
         "--train-samples",
         type=int,

@@ -3,6 +3,7 @@ reading its one-line JSON result, the Trainer step clock, and the worker's peak 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -31,6 +32,19 @@ def run_worker(command: list[str], prefix: str, verbose: bool) -> dict[str, Any]
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"worker failed (exit {proc.returncode}): {shlex.join(command)}\n{tail}")
     return json.loads(lines[-1][len(prefix) :])
+
+
+def run_alternately(
+    kinds: tuple[str, ...], repeats: int, command_for, prefix: str, verbose: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Each kind's worker ``repeats`` times, the order reversed from one repeat to the next (so that no
+    kind always runs first, on a cold or a warm machine); ``command_for(kind, repeat)`` is its command."""
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    for repeat in range(repeats):
+        for kind in kinds if repeat % 2 == 0 else tuple(reversed(kinds)):
+            print(f"repeat {repeat + 1}/{repeats}: {kind} ...", flush=True)
+            runs[kind].append(run_worker(command_for(kind, repeat), prefix, verbose))
+    return runs
 
 
 def peak_rss_mb() -> float:
@@ -64,3 +78,17 @@ def step_clock() -> Any:
                 self._began = None
 
     return StepClock()
+
+
+def common_arguments(
+    parser: argparse.ArgumentParser, data_dir: Path, out: Path, model: str, tuned: str
+) -> None:
+    """The options every training benchmark takes: the shared data folder, the JSON's path and the model
+    (``tuned`` says what it is: "the encoder both sides tune", ...)."""
+    parser.add_argument("--data-dir", type=Path, default=data_dir, help="folder of the shared data")
+    parser.add_argument("--out", type=Path, default=out, help="where to write the JSON results")
+    parser.add_argument(
+        "--model",
+        default=model,
+        help=f"{tuned}: catalogue name, local folder or hub id (default {model})",
+    )
