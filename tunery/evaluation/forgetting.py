@@ -62,14 +62,10 @@ def forgetting_check(recipe: Recipe, layout: RunLayout, champion_dir: Path | Non
         result["note"] = "no earlier drops"
     elif recipe.task == "preference":
         result["slices"] = _preference_slices(recipe, layout, earlier, metric, margin)
-        result["forgotten"] = [d for d, block in result["slices"].items() if block["forgotten"]]
-        result["passed"] = not result["forgotten"]
     elif recipe.task == "sft":
         if champion_dir is None:
             raise ValueError("the sft forgetting check needs the champion's model folder")
         result["slices"] = _sft_slices(recipe, layout, earlier, Path(champion_dir), metric, margin)
-        result["forgotten"] = [d for d, block in result["slices"].items() if block["forgotten"]]
-        result["passed"] = not result["forgotten"]
     else:
         test = pd.read_parquet(layout.split("test"), columns=["drop_id"])
         predictions = pd.read_parquet(layout.eval_dir / "predictions.parquet")
@@ -89,9 +85,8 @@ def forgetting_check(recipe: Recipe, layout: RunLayout, champion_dir: Path | Non
             )
             forgot = boot["delta"] < -margin and boot["ci_high"] < 0
             result["slices"][drop_id] = {"rows": len(rows), **boot, "forgotten": forgot}
-            if forgot:
-                result["forgotten"].append(drop_id)
-        result["passed"] = not result["forgotten"]
+    result["forgotten"] = [d for d, block in result["slices"].items() if block["forgotten"]]
+    result["passed"] = not result["forgotten"]
     metrics["forgetting"] = result
     layout.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return result
