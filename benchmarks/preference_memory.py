@@ -358,13 +358,18 @@ def worker_command(args: argparse.Namespace, kind: str, splits: Path, workdir: P
     return command + (["--tunery-gradient-checkpointing"] if args.tunery_gradient_checkpointing else [])
 
 
-def accuracy_functions(scores: dict[str, list[float]]):
+def accuracy_functions(scores: dict[str, list[float]], untuned: dict[str, list[float]] | None = None):
+    """Preference accuracy as a function of test-pair indices; with ``untuned`` scores, reward accuracy
+    (the share of pairs whose chosen - rejected log-probability margin grew from the untuned model's)."""
     import numpy as np
 
     from tunery.evaluation import preference
 
-    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
-    return preference.row_metrics(arrays, None, None, BETA)["preference_accuracy"]
+    def arrays(found: dict[str, list[float]]) -> dict[str, Any]:
+        return {k: np.asarray(v, dtype=np.float64) for k, v in found.items()}
+
+    functions = preference.row_metrics(arrays(scores), untuned and arrays(untuned), None, BETA)
+    return functions["reward_accuracy"] if untuned else functions["preference_accuracy"]
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -397,6 +402,8 @@ def paired_accuracy(mine: list[dict], theirs: list[dict], untuned: dict) -> dict
     """tunery - TRL preference accuracy on the test pairs: per seed, with the paired bootstrap 95% interval
     (resampling test pairs; several seeds: the mean of their per-seed intervals' bounds is not a CI, so
     each seed's interval is reported)."""
+    import numpy as np
+
     from tunery.evaluation import preference
 
     by_seed = {r["seed"]: r for r in theirs}
@@ -408,8 +415,23 @@ def paired_accuracy(mine: list[dict], theirs: list[dict], untuned: dict) -> dict
         a, b = accuracy_functions(run["test_scores"]), accuracy_functions(other["test_scores"])
         delta = preference.bootstrap_delta(a, b, n, "preference_accuracy")
         over_base = preference.bootstrap_delta(a, base, n, "preference_accuracy")
+        moved = {
+            name: accuracy_functions(r["test_scores"], untuned["test_scores"])
+            for name, r in (("tunery", run), ("trl", other))
+        }
+        every = np.arange(n)
+        reward = {name: round(fn(every), 4) for name, fn in moved.items()}
+        reward["tunery_minus_trl"] = preference.bootstrap_delta(
+            moved["tunery"], moved["trl"], n, "reward_accuracy"
+        )
         per_seed.append(
-            {"seed": run["seed"], "n": n, "tunery_minus_trl": delta, "tunery_minus_untuned": over_base}
+            {
+                "seed": run["seed"],
+                "n": n,
+                "tunery_minus_trl": delta,
+                "tunery_minus_untuned": over_base,
+                "reward_accuracy": reward,
+            }
         )
     return {"per_seed": per_seed}
 
@@ -528,6 +550,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "preference_accuracy = share of test pairs whose chosen answer has the higher per-token "
             "log-probability, one scoring function for every model; 'same within noise' = the paired "
             "bootstrap 95% interval of tunery - TRL reaches 0 or lies above it, for every seed.",
+            "reward_accuracy (per seed, not part of the target) = share of test pairs whose chosen - "
+            "rejected log-probability margin grew from the untuned model's: whether training moved each "
+            "model toward the chosen answers even where it did not yet flip a pair's per-token verdict.",
             "TRL runs with DPOConfig's defaults (on this CPU: bf16 autocast, gradient checkpointing, "
             "learning rate 1e-6) and full fine-tuning; tunery with its own defaults and LoRA. Shared: model, "
             "pairs, max_length, beta, steps, batch size, seed.",
@@ -552,6 +577,12 @@ def print_table(configs: dict[str, dict[str, Any]], doc: dict[str, Any]) -> None
     print(
         f"untuned preference accuracy: {doc['untuned']['preference_accuracy']:.3f} (n={doc['untuned']['n']})"
     )
+    for seed in comparison["preference_accuracy"]["per_seed"]:
+        reward = seed["reward_accuracy"]
+        print(
+            f"seed {seed['seed']}: reward accuracy (margin grew from the untuned model's) tunery "
+            f"{reward['tunery']:.3f}, TRL {reward['trl']:.3f}"
+        )
     print(
         f"tunery / TRL: peak RSS {comparison['peak_rss_ratio']:.2f}x (target <= {TARGET_RSS_RATIO}x), "
         f"samples/s {comparison['samples_per_s_ratio']:.2f}x (target >= {TARGET_SPEED_RATIO}x); "

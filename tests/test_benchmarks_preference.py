@@ -55,3 +55,6 @@ def test_quick_run_writes_consistent_json(shared_data: Path, tmp_path: Path, tin
     assert delta["delta"] == pytest.approx(tunery["preference_accuracy"] - trl["preference_accuracy"])
     met = comparison["peak_rss_ratio"] <= 0.6 and comparison["samples_per_s_ratio"] >= 1.3
     assert doc["targets"]["met"] == (met and delta["ci_high"] >= 0)
+    reward = seed["reward_accuracy"]
+    assert 0 <= reward["tunery"] <= 1 and 0 <= reward["trl"] <= 1
+    assert reward["tunery_minus_trl"]["delta"] == pytest.approx(reward["tunery"] - reward["trl"], abs=1e-3)

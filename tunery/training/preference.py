@@ -27,6 +27,15 @@ from tunery.data.templates import TEXT, as_text_tools, tool_style
 # objective -> the TRL loss it runs (dpo and ipo are DPOTrainer's loss types)
 DPO_LOSS = {"dpo": "sigmoid", "ipo": "ipo"}
 
+# TRL's trainers score log-probabilities with a chunked LM head (``trl.kernels.chunked_logprob``) whose
+# tiles, 4096 tokens x 32768 vocabulary entries, are sized for a GPU's Triton kernel. Without Triton the tiles
+# are folded in torch ops that make several fp32 copies of each tile: about 1.2 GB that a 2048-token step
+# allocates and frees again in every forward and backward pass. CPU tiles: (tokens, vocabulary entries).
+# Measured with SmolLM2-135M DPO-LoRA (bf16, gradient checkpointing, 4 steps of 2 pairs of up to 512 tokens,
+# 2 cores): training peak RSS 3.70 -> 1.85 GB and 41.7 -> 21.8 s (tiles of 1024 x 4096: 2.07 GB, 22.6 s;
+# 1024 x 8192: 2.15 GB, 29.1 s).
+CPU_LOGPROB_TILE = (1024, 2048)
+
 
 def rows_of(frame: pd.DataFrame) -> list[dict]:
     """The canonical rows of a split frame (its ``pair`` column)."""
@@ -136,6 +145,22 @@ def trainer_class_and_config(recipe: Recipe) -> tuple[type, type, dict]:
     return ORPOTrainer, ORPOConfig, common
 
 
+def fit_logprob_tiles_to_cpu() -> bool:
+    """Give TRL's chunked log-probability head :data:`CPU_LOGPROB_TILE` tiles when no GPU trains (a
+    process-wide setting of the pinned TRL, read at every call; GPU runs keep TRL's own). Returns whether it
+    was set."""
+    import torch
+    import trl.kernels.chunked_logprob as kernel
+    import trl.trainer.utils as trl_utils
+
+    if torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        return False
+    if not hasattr(kernel, "TOKEN_CHUNK_SIZE") or not hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):
+        return False  # another TRL than the pinned one: its own tiles (tests/training/test_preference.py)
+    kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_LOGPROB_TILE
+    return True
+
+
 def build_trainer(
     recipe: Recipe, frames: dict[str, pd.DataFrame], model, tokenizer, args: dict, wrap, callbacks
 ):
@@ -149,6 +174,7 @@ def build_trainer(
         ``(trainer, data statistics)``.
     """
     trainer_class, config_class, settings = trainer_class_and_config(recipe)
+    fit_logprob_tiles_to_cpu()
     style = tool_style(tokenizer)
     if style != TEXT:
         tokenizer = template_view(tokenizer)
