@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 BUDGET = 256  # new tokens per reply
 TURNS = 20
-# bf16 autocast where the CPU computes bfloat16 itself (about 2x faster steps here; stopping is a matter of
-# the template and the end-of-turn token, not of the precision)
+# bf16 autocast where the CPU computes bfloat16 itself (this test alone: 208 s in fp32, 147 s in bf16 here;
+# stopping is a matter of the template and the end-of-turn token, not of the precision)
 PRECISION = "bf16" if cpu_has_native_bf16() else "fp32"
 
 
