@@ -8,8 +8,10 @@ import json
 import textwrap
 
 import pytest
+import torch
 
 from tests.flows.test_resume import finetune_killed_once
+from tunery.training.preference import CPU_LOGPROB_TILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
@@ -45,5 +47,7 @@ def test_sigkilled_lora_dpo_job_resumes_from_its_last_checkpoint(
     assert summary["global_steps"] == MAX_STEPS and summary["world_size"] == 2
     assert summary["resumed_from"].endswith(f"checkpoint-{killer.at_step}")
     assert summary["data"]["reference"] == "adapters disabled"
+    if not torch.cuda.is_available():  # each rank scored with tunery's CPU tiles (training.preference)
+        assert summary["data"]["logprob_tiles"] == list(CPU_LOGPROB_TILE)
     assert summary["export"]["format"] == "merged"
     assert 0 < summary["trainable_parameters"]["trainable_share"] < 0.01

@@ -174,7 +174,7 @@ def build_trainer(
         ``(trainer, data statistics)``.
     """
     trainer_class, config_class, settings = trainer_class_and_config(recipe)
-    fit_logprob_tiles_to_cpu()
+    cpu_tiles = fit_logprob_tiles_to_cpu()
     style = tool_style(tokenizer)
     if style != TEXT:
         tokenizer = template_view(tokenizer)
@@ -200,6 +200,7 @@ def build_trainer(
         "reference": "none (orpo)"
         if recipe.preference.objective == "orpo"
         else ("adapters disabled" if recipe.method.name != "full" else "explicit copy"),
+        "logprob_tiles": list(CPU_LOGPROB_TILE) if cpu_tiles else "trl",
     }
     return trainer, stats
 
