@@ -9,6 +9,9 @@ from pathlib import Path
 
 SPLITS = ("train", "validation", "test")  # the split names, in order; file names are f"{split}.parquet"
 
+# ``data/held_out/<name>/``: a held-out evaluation set's own data folder (see RunLayout.held_out).
+HELD_OUT = "held_out"
+
 # Inside a checkpoint folder: written once every rank has saved its part (a folder without it is a crash
 # mid-save and is never resumed from).
 COMPLETE_MARKER = "tunery_complete"
@@ -24,6 +27,25 @@ EXPORT_META = "tunery_export.json"
 # An ``adapter`` export keeps the frozen base and the peft adapter in these sub-folders.
 BASE_DIR = "base"
 ADAPTER_DIR = "adapter"
+
+
+@dataclass(frozen=True)
+class HeldOutLayout:
+    """The folder of one held-out evaluation set: read and cleaned like the run's data, never split."""
+
+    root: Path
+
+    @property
+    def ingested(self) -> Path:
+        return self.root / "ingested.parquet"
+
+    @property
+    def cleaned(self) -> Path:
+        return self.root / "clean.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine.jsonl"
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,13 @@ class RunLayout:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return self.data_dir / "splits" / f"{name}.parquet"
+
+    def held_out(self, name: str) -> HeldOutLayout:
+        """The data files of a held-out set (``data.test_source``/``validation_source``: ``test``,
+        ``validation``; ``evaluation.sets``: its name), in ``data/held_out/<name>/``."""
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
+            raise ValueError(f"bad held-out set name {name!r}")
+        return HeldOutLayout(self.data_dir / HELD_OUT / name)
 
     @property
     def model_dir(self) -> Path:

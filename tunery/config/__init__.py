@@ -5,8 +5,9 @@ that a typo (``trainig:``) fails before any work starts, with a message that nam
 ``key=value`` overrides from the command line are applied to the raw mapping *before* validation, so an
 override is checked exactly like a value in the file.
 
-The sections live in ``base`` (what every section shares) and ``data`` (data, conversation, cleaning and
-split); the model, training, evaluation and tracking sections and :class:`Recipe` are here.
+The sections live in ``base`` (what every section shares), ``data`` (data, conversation, cleaning and
+split) and ``evaluation`` (evaluation sets, benchmarks, the judge and the gate); the model, training and
+tracking sections and :class:`Recipe` are here.
 
 May import: nothing else of tunery (every other part reads the recipe).
 """
@@ -24,10 +25,50 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tunery.config.base import Section
-from tunery.config.data import CleaningConfig, ConversationConfig, DataConfig, SplitConfig
+from tunery.config.data import (
+    CleaningConfig,
+    ConversationConfig,
+    DataConfig,
+    HeldOutSource,
+    SplitConfig,
+    held_out_source,
+)
+from tunery.config.evaluation import (
+    BENCHMARK_GUARD,
+    CLASSIFICATION_METRICS,
+    COST_GUARDS,
+    JUDGE_GUARD,
+    PER_CLASS_GUARDS,
+    PREFERENCE_METRICS,
+    SFT_METRICS,
+    BenchmarkConfig,
+    CustomTaskConfig,
+    EvaluationConfig,
+    GateConfig,
+    GuardConfig,
+    JudgeConfig,
+)
 
 # the sections live in submodules; `from tunery.config import DataConfig` is their public address
-__all__ = ["CleaningConfig", "ConversationConfig", "DataConfig", "Recipe", "RecipeError", "SplitConfig"]
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "PREFERENCE_METRICS",
+    "SFT_METRICS",
+    "BenchmarkConfig",
+    "CleaningConfig",
+    "ConversationConfig",
+    "CustomTaskConfig",
+    "DataConfig",
+    "EvaluationConfig",
+    "GateConfig",
+    "GuardConfig",
+    "HeldOutSource",
+    "JudgeConfig",
+    "Recipe",
+    "RecipeError",
+    "SplitConfig",
+    "held_out_source",
+]
 
 
 class RecipeError(ValueError):
@@ -220,50 +261,7 @@ class PreferenceConfig(Section):
     undesirable_weight: float = Field(1.0, gt=0.0, description="kto: loss weight of undesirable answers.")
 
 
-CLASSIFICATION_METRICS = ("macro_f1", "accuracy", "weighted_f1", "macro_precision", "macro_recall")
-SFT_METRICS = ("rouge_l", "exact_match")
-PREFERENCE_METRICS = ("preference_accuracy", "reward_accuracy")
 REDACTED = "***"  # what a URI shows instead of its password: `user:***@host`
-
-
-class GateConfig(Section):
-    """The champion gate: when a newly trained model (the challenger) replaces the champion."""
-
-    primary_metric: (
-        Literal[
-            "macro_f1",
-            "accuracy",
-            "weighted_f1",
-            "macro_precision",
-            "macro_recall",
-            "rouge_l",
-            "exact_match",
-            "preference_accuracy",
-            "reward_accuracy",
-        ]
-        | None
-    ) = Field(
-        None,
-        description="Metric a challenger must improve to become champion (default: macro_f1; sft: rouge_l; "
-        "preference: preference_accuracy).",
-    )
-    min_improvement: float = Field(
-        0.0, ge=0.0, description="A challenger must beat the champion by more than this margin."
-    )
-
-    def metric(self, task: str) -> str:
-        """The primary metric for a task (the recipe's, else the task's default)."""
-        default = {"sft": "rouge_l", "preference": "preference_accuracy"}.get(task, "macro_f1")
-        return self.primary_metric or default
-
-
-class EvaluationConfig(Section):
-    """Test-set evaluation and the gate that decides whether a new model becomes champion."""
-
-    gate: GateConfig = Field(default_factory=GateConfig)
-    generation_samples: int = Field(
-        16, ge=1, description="sft: test rows answered by generation (ROUGE-L, exact match, sample table)."
-    )
 
 
 def credentials_to_environment(uri: str) -> str:
@@ -430,6 +428,7 @@ class Recipe(Section):
             raise ValueError("`sft.packing` only applies to task sft")
         if self.task == "preference":
             self._check_preference()
+        self._check_evaluation()
         if self.task != "sft" and self.data.conversation is not None:
             raise ValueError("`data.conversation` (conversation data) needs `task: sft`")
         if (
@@ -446,6 +445,48 @@ class Recipe(Section):
                 "`distributed.hostfile` (multi-node) needs a DeepSpeed config in `distributed.deepspeed`"
             )
         return self
+
+    def _check_evaluation(self) -> None:
+        """Evaluation sets, benchmarks, the judge and every guard must fit the task."""
+        evaluation, task = self.evaluation, self.task
+        held_out = self.data.test_source or self.data.validation_source or evaluation.sets
+        if held_out and self.continuous is not None:
+            raise ValueError(
+                "held-out sets (data.test_source, data.validation_source, evaluation.sets) are read by the "
+                "finetune flow; continuous learning keeps the frozen test split of its drops' history"
+            )
+        if evaluation.judge is not None and task != "sft":
+            raise ValueError("`evaluation.judge` compares generated answers: it needs `task: sft`")
+        if evaluation.benchmarks is not None and task == "classification":
+            raise ValueError("`evaluation.benchmarks` (lm-eval suites) need a decoder: sft or preference")
+        if evaluation.sets and task == "preference":
+            raise ValueError(
+                "`evaluation.sets` are scored for classification and sft; preference pairs take one held-out "
+                "file in `data.test_source`"
+            )
+        by_task = {"sft": SFT_METRICS, "preference": PREFERENCE_METRICS}
+        task_metrics = by_task.get(task, CLASSIFICATION_METRICS)
+        benchmark_tasks = set()
+        if evaluation.benchmarks is not None:
+            benchmark_tasks = {*evaluation.benchmarks.tasks, *(t.name for t in evaluation.benchmarks.custom)}
+        for guard in evaluation.gate.guards:
+            where = f"`evaluation.gate.guards` {guard.metric!r}"
+            kind, _, rest = guard.metric.partition(":")
+            if guard.set is not None and guard.set not in evaluation.sets:
+                raise ValueError(f"{where}: set {guard.set!r} is not in `evaluation.sets`")
+            if kind in PER_CLASS_GUARDS and task != "classification":
+                raise ValueError(f"{where}: per-class guards need task classification")
+            if kind == BENCHMARK_GUARD and rest.split("/")[0] not in benchmark_tasks:
+                raise ValueError(f"{where}: task {rest.split('/')[0]!r} is not in `evaluation.benchmarks`")
+            if guard.metric == JUDGE_GUARD and evaluation.judge is None:
+                raise ValueError(f"{where} needs `evaluation.judge`")
+            if guard.metric == "latency_p95_ms" and task != "classification":
+                raise ValueError(f"{where}: latency is measured for classification models")
+            if guard.set is not None and kind in (BENCHMARK_GUARD, *COST_GUARDS, JUDGE_GUARD):
+                raise ValueError(f"{where} is not scored per evaluation set: remove `set`")
+            plain = kind not in (*PER_CLASS_GUARDS, BENCHMARK_GUARD, *COST_GUARDS, JUDGE_GUARD)
+            if plain and guard.metric not in task_metrics:
+                raise ValueError(f"{where} does not apply to task {task}: use one of {task_metrics}")
 
     def _check_preference(self) -> None:
         """What TRL's preference trainers cannot do with this recipe, said before any data is read."""
@@ -553,7 +594,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def resolve_paths(recipe: Recipe, base_dir: str | Path) -> Recipe:
-    """Return a copy whose local relative paths (data source, workdir) are anchored at ``base_dir``."""
+    """Return a copy whose local relative paths (data sources, evaluation sets and benchmark files, workdir,
+    drop zone) are anchored at ``base_dir``."""
     base = Path(base_dir)
     update: dict[str, Any] = {}
     src = recipe.data.source
@@ -561,6 +603,30 @@ def resolve_paths(recipe: Recipe, base_dir: str | Path) -> Recipe:
         update["data"] = recipe.data.model_copy(update={"source": str((base / src).resolve())})
     if not Path(recipe.workdir).is_absolute():
         update["workdir"] = str((base / recipe.workdir).resolve())
+
+    def anchored(path: str | None) -> str | None:
+        if path is None or "://" in path or Path(path).is_absolute():
+            return path
+        return str((base / path).resolve())
+
+    def anchored_set(value: str | HeldOutSource | None) -> str | HeldOutSource | None:
+        if isinstance(value, HeldOutSource):
+            return value.model_copy(update={"source": anchored(value.source)})
+        return anchored(value)
+
+    data = update.get("data", recipe.data)
+    held_out = {
+        "test_source": anchored_set(data.test_source),
+        "validation_source": anchored_set(data.validation_source),
+    }
+    update["data"] = data.model_copy(update=held_out)
+    evaluation = recipe.evaluation
+    sets = {name: anchored_set(source) for name, source in evaluation.sets.items()}
+    benchmarks = evaluation.benchmarks
+    if benchmarks is not None:
+        custom = [task.model_copy(update={"path": anchored(task.path)}) for task in benchmarks.custom]
+        benchmarks = benchmarks.model_copy(update={"custom": custom})
+    update["evaluation"] = evaluation.model_copy(update={"sets": sets, "benchmarks": benchmarks})
     zone = recipe.continuous.drop_zone if recipe.continuous else None
     if zone and "://" not in zone and not Path(zone).is_absolute():
         anchored = str((base / zone).resolve())

@@ -64,14 +64,51 @@ class ConversationConfig(Section):
         return v
 
 
+class HeldOutSource(Section):
+    """A held-out set in its own file whose columns differ from ``data.source``'s (GLUE's SST-2 dev file
+    names its text column `content`, the train file `sentence`); a plain string is the same with the
+    data section's columns."""
+
+    source: str = Field(description="File path, glob, or fsspec URI of the held-out rows.")
+    text_columns: list[str] | None = Field(
+        None, min_length=1, description="Its text column(s) (default: data.text_columns)."
+    )
+    label_column: str | None = Field(None, description="Its label column (default: data.label_column).")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] | None = Field(
+        None, description="Its file format (default: data.format)."
+    )
+
+    def data_update(self) -> dict:
+        """What differs from the data section, as an update of it."""
+        return {"source": self.source, **self.model_dump(exclude={"source"}, exclude_none=True)}
+
+
+def held_out_source(value: str | HeldOutSource) -> HeldOutSource:
+    """A held-out set's setting as a :class:`HeldOutSource` (a plain string is its source)."""
+    return value if isinstance(value, HeldOutSource) else HeldOutSource(source=value)
+
+
 class DataConfig(Section):
     """Where the data comes from and which columns mean what."""
 
     source: str = Field(
         description="File path, glob, or fsspec URI of the data (relative to the current directory)."
     )
+    test_source: str | HeldOutSource | None = Field(
+        None,
+        description="A held-out test file, glob or URI (e.g. IMDb's official test set, a golden set): "
+        "read and cleaned like `source` but never deduplicated or split; metrics and the gate use all of "
+        "it, and `source` is split into train and validation only. Training rows repeating a test row (or "
+        "near-repeating it) are quarantined as leaks_test. A mapping {source, text_columns, label_column, "
+        "format} gives the file its own columns.",
+    )
+    validation_source: str | HeldOutSource | None = Field(
+        None,
+        description="A held-out validation file (early stopping), like `test_source`; with both, all of "
+        "`source` is training data.",
+    )
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
-        "auto", description="File format; 'auto' decides from the file extension and content."
+        "auto", description="File format of every source; 'auto' decides from the extension and content."
     )
     encoding: str = Field(
         "auto",

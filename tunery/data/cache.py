@@ -2,9 +2,9 @@
 
 A stage's key hashes everything its output depends on:
 
-- ingest: the content of every source file (SHA-256 of local files; fsspec's ``ukey`` for remote ones,
-  which hashes what the store reports: ETag, size, modification time), the recipe's ``data`` and ``task``,
-  and the data code's version;
+- ingest: the content of every source file, held-out sets included (SHA-256 of local files; fsspec's
+  ``ukey`` for remote ones, which hashes what the store reports: ETag, size, modification time), the
+  recipe's ``data`` and ``task``, the held-out sets' settings and the data code's version;
 - clean: the ingest key, the ``cleaning`` section (and the model and its ``max_length`` when ``max_tokens``
   is set, or for conversations, which are checked against the model's template and fitted to its length);
 - split: the clean key and the ``split`` section.
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tunery.config import Recipe
 from tunery.data.ingest import expand_source
+from tunery.data.stages import held_out_sources
 from tunery.ops.locking import exclusive
 
 STAGES = ("ingest", "clean", "split")
@@ -98,6 +99,11 @@ def stage_keys(recipe: Recipe) -> dict[str, str]:
         section("data"),
         preference,
         source_fingerprint(recipe.data.source),
+        # held-out sets (data.test_source, validation_source, evaluation.sets): their names and bytes
+        *(
+            f"{name}={held.model_dump_json()}:{source_fingerprint(held.source)}"
+            for name, held in held_out_sources(recipe).items()
+        ),
     )
     uses_model = (
         recipe.cleaning.max_tokens or recipe.data.conversation is not None or recipe.task == "preference"

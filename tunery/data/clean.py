@@ -35,6 +35,7 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 PARALLEL_MIN_ROWS = 5_000
 PARALLEL_MIN_CHARS = 5_000_000
 INSTRUCTION_FIELDS = ("instruction", "input", "output")
+LEAKS_TEST = "leaks_test"
 
 QUARANTINE_REASONS = {
     "malformed_row": "the parser could not split the record into the expected columns",
@@ -51,6 +52,8 @@ QUARANTINE_REASONS = {
     "too_long": "text longer than cleaning.max_chars (or cleaning.max_tokens)",
     "conflicting_duplicate": "same text as a kept row but with a different label (preference rows: the same "
     "answers to the same prompt judged the other way round)",
+    LEAKS_TEST: "a training row repeats (or nearly repeats) a row of a held-out set: data.test_source, "
+    "data.validation_source or evaluation.sets (the split stage takes it out; the detail names the row)",
     **{f"{k}": f"conversation: {v}" for k, v in conversations.REASONS.items()},
     **{k: f"preference: {v}" for k, v in preferences.REASONS.items() if k not in conversations.REASONS},
 }

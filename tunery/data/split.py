@@ -38,11 +38,16 @@ def _bucket_of_key(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign(buckets: np.ndarray, cfg: SplitConfig) -> np.ndarray:
-    """Split names for bucket values in [0, 1)."""
-    return np.where(
-        buckets < cfg.test, "test", np.where(buckets < cfg.test + cfg.validation, "validation", "train")
-    )
+def assign(buckets: np.ndarray, cfg: SplitConfig, held_out: frozenset[str] = frozenset()) -> np.ndarray:
+    """Split names for bucket values in [0, 1).
+
+    ``held_out``: splits that come from their own files (``data.test_source``, ``validation_source``); the
+    other splits share [0, 1) in the proportions of ``cfg``, so with a test file 70/15/15 becomes 82/18."""
+    test = 0.0 if "test" in held_out else cfg.test
+    validation = 0.0 if "validation" in held_out else cfg.validation
+    scale = cfg.train + test + validation
+    test, validation = test / scale, validation / scale
+    return np.where(buckets < test, "test", np.where(buckets < test + validation, "validation", "train"))
 
 
 def cluster_buckets(
@@ -64,7 +69,10 @@ def cluster_buckets(
 
 
 def split(
-    rows: pd.DataFrame, cfg: SplitConfig, near_dup_threshold: float | None = 0.85
+    rows: pd.DataFrame,
+    cfg: SplitConfig,
+    near_dup_threshold: float | None = 0.85,
+    held_out: dict[str, pd.DataFrame] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Split cleaned rows (columns text, label, ...) into train/validation/test.
 
@@ -73,6 +81,8 @@ def split(
         cfg: split fractions and seed.
         near_dup_threshold: Jaccard threshold for keeping near-duplicates together and for the leakage
             check; ``None`` checks exact duplicates only.
+        held_out: ``test`` and/or ``validation`` rows from their own files: those splits are these rows,
+            whole, and ``rows`` fill the others (rows repeating them must be taken out first: leaked_rows).
 
     Returns:
         The three frames, and warnings (e.g. classes missing from a split).
@@ -82,8 +92,14 @@ def split(
     """
     texts = rows["text"].tolist()
     prompts = rows["prompt"].tolist() if "prompt" in rows.columns else None
-    names = assign(cluster_buckets(texts, cfg.seed, near_dup_threshold, prompts), cfg)
-    parts = {name: rows[names == name].reset_index(drop=True) for name in SPLITS}
+    held_out = held_out or {}
+    names = assign(cluster_buckets(texts, cfg.seed, near_dup_threshold, prompts), cfg, frozenset(held_out))
+    parts = {
+        name: held_out[name].reset_index(drop=True)
+        if name in held_out
+        else rows[names == name].reset_index(drop=True)
+        for name in SPLITS
+    }
     warnings = [
         f"class {label!r} has no rows in {name} ({int((rows['label'] == label).sum())} rows in total)"
         for label in sorted(rows["label"].unique())
@@ -131,3 +147,55 @@ def _check_near_leakage(parts: dict[str, pd.DataFrame], threshold: float) -> Non
                         f"{parts[other]['text'].iloc[int(row)][:80]!r} ~ {texts[i][:80]!r}"
                     )
         index.add(signatures, [f"{name}:{i}" for i in range(len(texts))])
+
+
+def leaked_rows(
+    rows: pd.DataFrame, held_out: dict[str, pd.DataFrame], near_dup_threshold: float | None
+) -> pd.DataFrame:
+    """The rows of ``rows`` that repeat a row of a held-out set: the same normalised text (conversations:
+    or the same first user turn), or a near-duplicate text (MinHash LSH at ``near_dup_threshold``).
+
+    Returns:
+        One line per leaked row, indexed like ``rows``: ``set`` (the held-out set's name), ``match`` (the
+        held-out row as ``source:row``) and ``kind`` (``exact`` or ``near``); the first set in
+        ``held_out``'s order that a row repeats exactly is named (near: the most similar row's set).
+    """
+    found: dict[int, tuple[str, str, str]] = {}
+    for column in ("text", "prompt"):
+        if column not in rows.columns:
+            continue
+        seen: dict[str, tuple[str, str]] = {}
+        for name, frame in held_out.items():
+            if column not in frame.columns:
+                continue
+            where = (frame["source"].astype(str) + ":" + frame["row"].astype(str)).tolist()
+            for key, at in zip(normalise_many(frame[column].tolist()), where, strict=True):
+                seen.setdefault(key, (name, at))
+        for index, key in zip(rows.index, normalise_many(rows[column].tolist()), strict=True):
+            if key in seen and index not in found:
+                found[index] = (*seen[key], "exact")
+    if near_dup_threshold is not None and len(rows):
+        _near_leaks(rows, held_out, near_dup_threshold, found)
+    table = pd.DataFrame.from_dict(found, orient="index", columns=["set", "match", "kind"])
+    return table.reindex([i for i in rows.index if i in found])
+
+
+def _near_leaks(
+    rows: pd.DataFrame, held_out: dict[str, pd.DataFrame], threshold: float, found: dict[int, tuple]
+) -> None:
+    index = NearDuplicateIndex(threshold=threshold)
+    for name, frame in held_out.items():
+        if len(frame):
+            where = frame["source"].astype(str) + ":" + frame["row"].astype(str)
+            index.add(index.signatures(frame["text"].tolist()), [f"{name}\x1f{w}" for w in where])
+    if not len(index):
+        return
+    rest = rows.index[[i not in found for i in rows.index]]
+    if not len(rest):
+        return
+    for row_index, hits in zip(
+        rest, index.query(index.signatures(rows.loc[rest, "text"].tolist())), strict=True
+    ):
+        if hits:
+            name, at = hits[0].split("\x1f")  # the most similar held-out row
+            found[row_index] = (name, at, "near")

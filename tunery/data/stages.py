@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunery.config import Recipe
+from tunery.config import HeldOutSource, Recipe, held_out_source
 from tunery.data import report
-from tunery.data.clean import CleanResult, QuarantineLimitExceeded, clean
-from tunery.data.ingest import ingest
-from tunery.data.split import split
+from tunery.data.clean import LEAKS_TEST, CleanResult, QuarantineLimitExceeded, clean
+from tunery.data.ingest import DataError, ingest
+from tunery.data.split import leaked_rows, split
 from tunery.layout import SPLITS, RunLayout
 
 
@@ -33,13 +33,33 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def held_out_sources(recipe: Recipe) -> dict[str, HeldOutSource]:
+    """The held-out sets a recipe names: ``test`` and ``validation`` (their own files instead of a share of
+    ``data.source``), then the named ``evaluation.sets``, in that order."""
+    named = {"test": recipe.data.test_source, "validation": recipe.data.validation_source}
+    named = {name: value for name, value in named.items() if value is not None}
+    return {name: held_out_source(value) for name, value in {**named, **recipe.evaluation.sets}.items()}
+
+
 def ingest_stage(recipe: Recipe, layout: RunLayout) -> Path:
-    """Read the recipe's data source into ``ingested.parquet`` (one row per source record)."""
+    """Read the recipe's data source into ``ingested.parquet`` (one row per source record), and each
+    held-out set into its own folder (``layout.held_out(name)``)."""
     rows = ingest(recipe.data, data_kind(recipe), recipe.preference.format)
     if recipe.task == "preference":
         check_objective(recipe, rows)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     rows.to_parquet(layout.ingested, index=False)
+    for name, source in held_out_sources(recipe).items():
+        data = recipe.data.model_copy(update=source.data_update())
+        try:
+            held = ingest(data, data_kind(recipe), recipe.preference.format)
+        except DataError as error:
+            raise DataError(f"held-out set {name!r}: {error}") from None
+        if recipe.task == "preference":
+            check_objective(recipe, held)
+        folder = layout.held_out(name)
+        folder.root.mkdir(parents=True, exist_ok=True)
+        held.to_parquet(folder.ingested, index=False)
     return layout.ingested
 
 
@@ -117,12 +137,42 @@ def clean_stage(recipe: Recipe, layout: RunLayout, ingested: Path | None = None)
             _write_clean_outputs(layout, exc.result, error=str(exc))
         raise
     result.kept.to_parquet(layout.cleaned, index=False)
-    _write_clean_outputs(layout, result)
+    _write_clean_outputs(layout, result, held_out=_clean_held_out(recipe, layout, ingested, result.kept))
     return layout.cleaned
 
 
-def _write_clean_outputs(layout: RunLayout, result: CleanResult, error: str | None = None) -> None:
-    """The quarantine file and the data report of a cleaning (``error``: why it failed the run)."""
+def _clean_held_out(recipe: Recipe, layout: RunLayout, ingested: Path | None, kept: pd.DataFrame) -> dict:
+    """Clean each held-out set like the training data, except that its duplicates stay (a test set is
+    scored whole) and, for classification without ``data.labels``, a label the training data lacks is
+    quarantined (unknown_label: the model cannot predict it). Returns the cleaning counts per set."""
+    tokenizer, settings = clean_settings(recipe)
+    source_dir = (ingested or layout.ingested).parent
+    cfg = recipe.cleaning.model_copy(update={"drop_duplicates": False, "near_duplicates": False})
+    labels = recipe.data.labels
+    if labels is None and data_kind(recipe) == "labelled_text":
+        labels = sorted(kept["label"].astype(str).unique())
+    stats = {}
+    for name in held_out_sources(recipe):
+        here, there = layout.held_out(name), RunLayout(source_dir.parent).held_out(name)
+        cache = layout.data_dir / ".arrow"
+        try:
+            result = clean(pd.read_parquet(there.ingested), cfg, labels, cache, tokenizer, settings)
+        except QuarantineLimitExceeded as exc:
+            raise QuarantineLimitExceeded(f"held-out set {name!r}: {exc}", exc.result) from None
+        if not len(result.kept):
+            raise DataError(f"held-out set {name!r} has no usable rows after cleaning: {result.stats}")
+        here.root.mkdir(parents=True, exist_ok=True)
+        result.kept.to_parquet(here.cleaned, index=False)
+        result.quarantined.to_json(here.quarantine, orient="records", lines=True, force_ascii=False)
+        stats[name] = result.stats
+    return stats
+
+
+def _write_clean_outputs(
+    layout: RunLayout, result: CleanResult, error: str | None = None, held_out: dict | None = None
+) -> None:
+    """The quarantine file and the data report of a cleaning (``error``: why it failed the run;
+    ``held_out``: the cleaning counts of each held-out set)."""
     layout.quarantine.parent.mkdir(parents=True, exist_ok=True)
     result.quarantined.to_json(layout.quarantine, orient="records", lines=True, force_ascii=False)
     payload = {
@@ -130,6 +180,11 @@ def _write_clean_outputs(layout: RunLayout, result: CleanResult, error: str | No
         "quarantine_file": str(layout.quarantine),
         "warnings": report.clean_warnings(result.stats),
     }
+    if held_out:
+        payload["held_out"] = {
+            name: {"clean": stats, "quarantine_file": str(layout.held_out(name).quarantine)}
+            for name, stats in held_out.items()
+        }
     _write_json(layout.data_report, payload | ({"error": error} if error else {}))
 
 
@@ -140,12 +195,31 @@ def split_stage(recipe: Recipe, layout: RunLayout, cleaned: Path | None = None) 
     (next to it) is carried over."""
     cleaned = cleaned or layout.cleaned
     threshold = recipe.cleaning.near_duplicate_threshold if recipe.cleaning.near_duplicates else None
-    parts, warnings = split(pd.read_parquet(cleaned), recipe.split, threshold)
+    rows = pd.read_parquet(cleaned)
+    held_out = {
+        name: pd.read_parquet(RunLayout(cleaned.parent.parent).held_out(name).cleaned)
+        for name in held_out_sources(recipe)
+    }
+    leaks = leaked_rows(rows, held_out, threshold) if held_out else pd.DataFrame()
+    _write_quarantine_with_leaks(layout, cleaned, rows, leaks)
+    parts, warnings = split(
+        rows.drop(index=leaks.index).reset_index(drop=True),
+        recipe.split,
+        threshold,
+        {name: frame for name, frame in held_out.items() if name in SPLITS},
+    )
     for name, frame in parts.items():
         layout.split(name).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(layout.split(name), index=False)
     data_report = json.loads((cleaned.parent / layout.data_report.name).read_text(encoding="utf-8"))
     data_report["split"] = report.split_summary(parts)
+    if held_out:
+        data_report[LEAKS_TEST] = _leak_summary(leaks, held_out)
+        if len(leaks):
+            warnings.append(
+                f"{len(leaks)} training row(s) repeat held-out rows and were quarantined as {LEAKS_TEST}: "
+                f"{data_report[LEAKS_TEST]['by_set']}"
+            )
     # the clean stage's warnings (recomputed from its counts: a retried split must not repeat them), then
     # the split's
     data_report["warnings"] = [*report.clean_warnings(data_report["clean"]), *warnings]
@@ -155,6 +229,51 @@ def split_stage(recipe: Recipe, layout: RunLayout, cleaned: Path | None = None) 
     ]
     _write_json(layout.data_report, data_report)
     return {name: str(layout.split(name)) for name in SPLITS}
+
+
+def _write_quarantine_with_leaks(
+    layout: RunLayout, cleaned: Path, rows: pd.DataFrame, leaks: pd.DataFrame
+) -> None:
+    """This run's quarantine file: the clean stage's lines, then one ``leaks_test`` line per leaked row.
+
+    Written by replacing the file (never through a hard link shared with an earlier run), from the clean
+    stage's own lines minus any earlier ``leaks_test`` ones, so a retried split writes the same file."""
+    source = cleaned.parent / layout.quarantine.name
+    lines = source.read_text(encoding="utf-8").splitlines() if source.exists() else []
+    lines = [line for line in lines if line and json.loads(line).get("reason") != LEAKS_TEST]
+    if len(leaks):
+        leaked = rows.loc[leaks.index]
+        table = pd.DataFrame(
+            {
+                "source": leaked["source"],
+                "row": leaked["row"],
+                "reason": LEAKS_TEST,
+                "detail": leaks["kind"].map({"exact": "repeats", "near": "near-duplicate of"})
+                + " held-out set "
+                + leaks["set"]
+                + " row "
+                + leaks["match"],
+                "label": leaked["label"],
+                "raw_text": leaked["raw_text"] if "raw_text" in leaked else leaked["text"],
+            }
+        )
+        lines += table.to_json(orient="records", lines=True, force_ascii=False).splitlines()
+    layout.quarantine.parent.mkdir(parents=True, exist_ok=True)
+    tmp = layout.quarantine.with_name(f".{layout.quarantine.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    tmp.replace(layout.quarantine)
+
+
+def _leak_summary(leaks: pd.DataFrame, held_out: dict[str, pd.DataFrame]) -> dict:
+    """``{"rows", "exact", "near", "by_set": {name: n}, "held_out_rows": {name: n}}`` for the data report."""
+    kinds = leaks["kind"].value_counts() if len(leaks) else {}
+    return {
+        "rows": len(leaks),
+        "exact": int(kinds.get("exact", 0)),
+        "near": int(kinds.get("near", 0)),
+        "by_set": {name: int((leaks["set"] == name).sum()) if len(leaks) else 0 for name in held_out},
+        "held_out_rows": {name: len(frame) for name, frame in held_out.items()},
+    }
 
 
 def adopt_data(layout: RunLayout, outputs: list[Path]) -> list[str]:
