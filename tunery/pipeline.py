@@ -146,8 +146,13 @@ def evaluate(recipe: Recipe, layout: RunLayout, progress: Progress = _silent) ->
         )
         path = evaluate_run(recipe, layout, None, champion_version, progress=progress, champion_dir=folder)
         return json.loads(Path(path).read_text(encoding="utf-8"))
+    from tunery.evaluation.signoff import needs_champion_folder
+
     champion = registry.load_predictor(recipe, champion_version) if champion_version else None
-    path = evaluate_run(recipe, layout, champion, champion_version, progress=progress)
+    folder = None
+    if champion_version and needs_champion_folder(recipe):  # its size and latency, measured like ours
+        folder = registry.download_model_dir(recipe, champion_version, layout.root / "champion")
+    path = evaluate_run(recipe, layout, champion, champion_version, progress=progress, champion_dir=folder)
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 

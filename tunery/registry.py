@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunery.config import GateConfig, Recipe
+from tunery.config import Recipe
+from tunery.evaluation.gate import CHALLENGER, CHAMPION, GateDecision, decide
 from tunery.evaluation.metrics import headline
 from tunery.layout import RunLayout
 from tunery.tracking import client, git_commit
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 # What the registered pyfunc needs at load time; versions are taken from this environment.
 _SERVING_PACKAGES = (
     "torch",
@@ -33,16 +33,6 @@ _SERVING_PACKAGES = (
 
 
 @dataclass(frozen=True)
-class GateDecision:
-    alias: str
-    reason: str
-    challenger_score: float
-    champion_score: float | None
-    ci_low: float | None = None
-    ci_high: float | None = None
-
-
-@dataclass(frozen=True)
 class Registration:
     """What the register stage did, as printed by the CLI."""
 
@@ -53,74 +43,6 @@ class Registration:
     run_id: str
     model_uri: str
     test_metrics: dict
-
-
-def _bootstrap_block(metrics: dict, key: str) -> dict | None:
-    """The paired bootstrap of ``metrics`` for ``key``, if evaluation stored a usable one."""
-    boot = metrics.get("gate_bootstrap")
-    if not isinstance(boot, dict) or boot.get("metric") != key:
-        return None
-    if not all(isinstance(boot.get(k), int | float) for k in ("ci_low", "ci_high")):
-        return None
-    return boot
-
-
-def decide(metrics: dict, gate: GateConfig, task: str = "classification") -> GateDecision:
-    """The champion/challenger gate on the primary metric, both models scored on the same test rows.
-
-    A challenger becomes champion when there is no champion, or when both hold:
-
-    - the observed improvement (challenger - champion) is larger than ``gate.min_improvement``, and
-    - the lower bound of the paired bootstrap confidence interval of that improvement, which evaluation
-      stores under ``metrics["gate_bootstrap"]`` (``metric``, ``delta``, ``ci_low``, ``ci_high``,
-      ``resamples``), is above 0.
-
-    Without a bootstrap block for the primary metric (e.g. metrics written by hand) only the margin rule
-    applies, and the reason says so. Otherwise the challenger stays a challenger. A challenger that failed
-    the forgetting check (``metrics["forgetting"]["passed"]`` false: continuous learning) is never promoted.
-    """
-    key = gate.metric(task)
-    score = metrics["model"][key]
-    champion = metrics.get("champion")
-    forgetting = metrics.get("forgetting")
-    if champion and isinstance(forgetting, dict) and not forgetting.get("passed", True):
-        slices = forgetting.get("slices", {})
-        worst = ", ".join(
-            f"drop {d} {slices[d]['delta']:+.4f} {forgetting.get('metric', key)}"
-            for d in forgetting["forgotten"]
-        )
-        reason = (
-            f"forgets earlier data: {worst} vs champion (margin {forgetting.get('margin', 0):.4f}, "
-            "95% CI below 0): not promoted"
-        )
-        return GateDecision(CHALLENGER, reason, score, champion[key])
-    if not champion:
-        return GateDecision(CHAMPION, f"no champion yet ({key} {score:.4f})", score, None)
-    best = champion[key]
-    delta = score - best
-    margin = gate.min_improvement
-    observed = f"{key} {score:.4f} vs champion {best:.4f}: {delta:+.4f}"
-    beats_margin = delta > margin
-    boot = _bootstrap_block(metrics, key)
-    if boot is None:
-        rule = "no paired bootstrap CI available, plain margin rule"
-        if beats_margin:
-            reason = f"{observed} beats champion by more than {margin:.4f} ({rule}): promoted"
-            return GateDecision(CHAMPION, reason, score, best)
-        reason = f"{observed} does not beat champion by more than {margin:.4f} ({rule}): not promoted"
-        return GateDecision(CHALLENGER, reason, score, best)
-    low, high = float(boot["ci_low"]), float(boot["ci_high"])
-    level = round(100 * float(boot.get("confidence", 0.95)))
-    resamples = boot.get("resamples", "?")
-    ci = f"{level}% CI [{low:+.4f}, {high:+.4f}] ({resamples} paired bootstrap resamples)"
-    if not beats_margin:
-        reason = f"{observed}, {ci}: does not beat champion by more than {margin:.4f}: not promoted"
-        return GateDecision(CHALLENGER, reason, score, best, low, high)
-    if low <= 0:
-        reason = f"{observed}, {ci} includes 0: does not beat champion reliably: not promoted"
-        return GateDecision(CHALLENGER, reason, score, best, low, high)
-    reason = f"{observed}, {ci} excludes 0: beats champion by more than {margin:.4f}: promoted"
-    return GateDecision(CHAMPION, reason, score, best, low, high)
 
 
 def current_champion(recipe: Recipe) -> str | None:
@@ -291,6 +213,17 @@ def still_current(recipe: Recipe, metrics: dict, decision: GateDecision) -> Gate
     return GateDecision(CHALLENGER, f"{reason}: not promoted", decision.challenger_score, None)
 
 
+def gate_condition_tags(decision: GateDecision) -> dict[str, str]:
+    """One MLflow tag per gate condition: ``tunery.gate.condition.<name>`` = ``pass|fail: <figures>``
+    (a tag key takes letters, digits and ``_-./ :``; other characters of a guard's name become ``_``)."""
+    tags = {}
+    for condition in decision.conditions:
+        key = re.sub(r"[^A-Za-z0-9_\-./ ]", "_", condition["name"]).replace(" ", "_")
+        verdict = "pass" if condition["passed"] else "fail"
+        tags[f"tunery.gate.condition.{key}"] = f"{verdict}: {condition['text']}"[:5000]
+    return tags
+
+
 def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     """Log the model into the run, register it as a new version and alias it by the gate.
 
@@ -331,6 +264,7 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     }
     if decision.ci_low is not None:
         tags["tunery.gate.ci"] = f"[{decision.ci_low:.6f}, {decision.ci_high:.6f}]"
+    tags.update(gate_condition_tags(decision))
     for key, value in tags.items():
         mlf.set_model_version_tag(name, version, key, value)
     mlf.set_tag(run_id, "tunery.gate", json.dumps(asdict(decision)))

@@ -228,3 +228,45 @@ class EvaluationConfig(Section):
             if not held_out_source(source).source.strip():
                 raise ValueError(f"evaluation set {name!r} has no source")
         return v
+
+
+def check_evaluation(task: str, data, evaluation: EvaluationConfig, continuous: bool) -> None:
+    """Evaluation sets, benchmarks, the judge and every guard must fit the task."""
+    held_out = data.test_source or data.validation_source or evaluation.sets
+    if held_out and continuous:
+        raise ValueError(
+            "held-out sets (data.test_source, data.validation_source, evaluation.sets) are read by the "
+            "finetune flow; continuous learning keeps the frozen test split of its drops' history"
+        )
+    if evaluation.judge is not None and task != "sft":
+        raise ValueError("`evaluation.judge` compares generated answers: it needs `task: sft`")
+    if evaluation.benchmarks is not None and task == "classification":
+        raise ValueError("`evaluation.benchmarks` (lm-eval suites) need a decoder: sft or preference")
+    if evaluation.sets and task == "preference":
+        raise ValueError(
+            "`evaluation.sets` are scored for classification and sft; preference pairs take one held-out "
+            "file in `data.test_source`"
+        )
+    by_task = {"sft": SFT_METRICS, "preference": PREFERENCE_METRICS}
+    task_metrics = by_task.get(task, CLASSIFICATION_METRICS)
+    benchmark_tasks = set()
+    if evaluation.benchmarks is not None:
+        benchmark_tasks = {*evaluation.benchmarks.tasks, *(t.name for t in evaluation.benchmarks.custom)}
+    for guard in evaluation.gate.guards:
+        where = f"`evaluation.gate.guards` {guard.metric!r}"
+        kind, _, rest = guard.metric.partition(":")
+        if guard.set is not None and guard.set not in evaluation.sets:
+            raise ValueError(f"{where}: set {guard.set!r} is not in `evaluation.sets`")
+        if kind in PER_CLASS_GUARDS and task != "classification":
+            raise ValueError(f"{where}: per-class guards need task classification")
+        if kind == BENCHMARK_GUARD and rest.split("/")[0] not in benchmark_tasks:
+            raise ValueError(f"{where}: task {rest.split('/')[0]!r} is not in `evaluation.benchmarks`")
+        if guard.metric == JUDGE_GUARD and evaluation.judge is None:
+            raise ValueError(f"{where} needs `evaluation.judge`")
+        if guard.metric == "latency_p95_ms" and task != "classification":
+            raise ValueError(f"{where}: latency is measured for classification models")
+        if guard.set is not None and kind in (BENCHMARK_GUARD, *COST_GUARDS, JUDGE_GUARD):
+            raise ValueError(f"{where} is not scored per evaluation set: remove `set`")
+        plain = kind not in (*PER_CLASS_GUARDS, BENCHMARK_GUARD, *COST_GUARDS, JUDGE_GUARD)
+        if plain and guard.metric not in task_metrics:
+            raise ValueError(f"{where} does not apply to task {task}: use one of {task_metrics}")

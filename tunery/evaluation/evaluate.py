@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from tunery.config import Recipe
+from tunery.evaluation import signoff
 from tunery.evaluation.baselines import linear_probe_baseline, majority_baseline, tfidf_logreg_baseline
+from tunery.evaluation.gate_figures import baseline_floor, guard_figures, label_metrics
 from tunery.evaluation.generation import generation_metrics, perplexity
 from tunery.evaluation.metrics import (
     BOOTSTRAP_RESAMPLES,
@@ -85,8 +87,9 @@ def evaluate(
         champion_version: the registry version behind ``champion`` (recorded for the gate).
         progress: called with ("evaluate", message) as each long step starts and ends (minutes on CPU for
             a few thousand rows: perturbations re-score the test split five times, the probe embeds it).
-        champion_dir: preference: the champion's model folder (its answers are scored, not generated
-            through its pyfunc; see :mod:`tunery.evaluation.preference`).
+        champion_dir: the champion's model folder: preference scores its answers from it (see
+            :mod:`tunery.evaluation.preference`); the others measure its size and latency from it (given
+            when a guard needs them, :func:`tunery.evaluation.signoff.needs_champion_folder`).
 
     Returns:
         The path of ``eval/metrics.json``: ``{"model": ..., "baselines": {...}, "champion": ... | null}``
@@ -99,9 +102,9 @@ def evaluate(
 
         result = evaluate_preference(recipe, layout, champion_dir, step)
     elif recipe.task == "sft":
-        result = _evaluate_sft(recipe, layout, champion, step)
+        result = _evaluate_sft(recipe, layout, champion, step, champion_dir)
     else:
-        result = _evaluate_classification(recipe, layout, champion, step)
+        result = _evaluate_classification(recipe, layout, champion, step, champion_dir)
     result.update(
         {"primary_metric": recipe.evaluation.gate.metric(recipe.task), "champion_version": champion_version}
     )
@@ -125,7 +128,7 @@ class _Steps:
 
 
 def _evaluate_classification(
-    recipe: Recipe, layout: RunLayout, champion: Predictor | None, step: _Steps
+    recipe: Recipe, layout: RunLayout, champion: Predictor | None, step: _Steps, champion_dir: Path | None
 ) -> dict:
     from tunery.models import resolve_model
 
@@ -144,6 +147,14 @@ def _evaluate_classification(
     model_metrics = classification_metrics(truth, predictions, labels, proba)
     step(f"sensitivity: {len(PERTURBATIONS)} perturbations x {len(texts)} rows, length and class slices")
     sensitivity = sensitivity_analysis(predict_proba, texts, truth, labels, predictions)
+    sets, per_set = {}, {}
+    if recipe.evaluation.sets:
+        step(f"scoring the model and the champion on evaluation sets {', '.join(recipe.evaluation.sets)}")
+        sets, per_set = signoff.classification_sets(
+            recipe, layout, predict_proba, labels, champion, champion_outputs
+        )
+    step(f"latency: {recipe.evaluation.latency_rows} one-row requests (model size too)")
+    costs = signoff.classification_costs(recipe, layout.model_dir, texts, champion_dir)
     del classifier, predict_proba  # free the fine-tuned model before the linear probe loads the base
 
     step(f"baselines: majority and TF-IDF + logistic regression on {len(train)} training rows")
@@ -178,13 +189,26 @@ def _evaluate_classification(
     frame["tfidf_logreg_predicted"] = tfidf_pred
     frame["linear_probe_predicted"] = probe_pred
 
-    champion_metrics, gate_bootstrap = None, None
+    primary = recipe.evaluation.gate.metric(recipe.task)
+    model_fns = label_metrics(truth, predictions, labels)
+    floor = baseline_floor(
+        model_fns,
+        {
+            "tfidf_logreg": label_metrics(truth, tfidf_pred, labels),
+            "linear_probe": label_metrics(truth, probe_pred, labels),
+            "majority": label_metrics(truth, majority, labels),
+        },
+        primary,
+        len(texts),
+    )
+    champion_metrics, gate_bootstrap, champion_fns = None, None, None
     if champion:
         step(f"scoring the champion on the same {len(texts)} rows, paired bootstrap")
         champion_pred, champion_proba = champion_outputs(champion(test), labels)
         champion_metrics = classification_metrics(truth, champion_pred, labels, champion_proba)
         if champion_proba is None:
             champion_metrics["note"] = "the champion gave labels only: probability metrics omitted"
+        champion_fns = label_metrics(truth, champion_pred, labels)
         frame["champion_predicted"] = champion_pred
         frame["champion_correct"] = frame["champion_predicted"] == frame["label"]
         gate_bootstrap = paired_bootstrap(
@@ -210,9 +234,15 @@ def _evaluate_classification(
             eval_dir / "reliability.png",
         ),
     }
+    per_set["test"] = (model_fns, champion_fns, len(texts))
+    guards = guard_figures(recipe.evaluation.gate.guards, per_set, costs)
     return {
         "labels": labels,
-        "model": model_metrics,
+        "model": {**model_metrics, **{k: v["candidate"] for k, v in costs.items()}},
+        "baseline_floor": floor,
+        "guards": guards,
+        "costs": costs,
+        "sets": sets,
         "baselines": baselines,
         "champion": champion_metrics,
         "gate_bootstrap": gate_bootstrap,
@@ -226,8 +256,11 @@ def _evaluate_classification(
     }
 
 
-def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None, step: _Steps) -> dict:
-    """Perplexity on the whole test split; generations on a sample, scored against the references."""
+def _evaluate_sft(
+    recipe: Recipe, layout: RunLayout, champion: Predictor | None, step: _Steps, champion_dir: Path | None
+) -> dict:
+    """Perplexity on the whole test split; generations on ``evaluation.generation_samples`` rows (default:
+    all of them), scored against the references, beside the untuned model and the champion."""
     from transformers import AutoTokenizer
 
     from tunery.models import resolve_model
@@ -235,21 +268,27 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
     from tunery.training.sft import generate_answers, stop_rate
 
     test = pd.read_parquet(layout.split("test"))
-    sample = test.head(recipe.evaluation.generation_samples).reset_index(drop=True)
     tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
     model = export.load_exported(layout.model_dir, "sft")
     base = methods.load_base_model(resolve_model(recipe.model.base), "sft", None, recipe).eval()
     if "conversation" in test.columns:
-        return _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champion, step)
+        return _evaluate_conversations(
+            recipe, layout, test, tokenizer, model, base, champion, step, champion_dir
+        )
+    sample = test.head(recipe.evaluation.generation_samples).reset_index(drop=True)
     generate = dict(
         system_prompt=recipe.sft.system_prompt,
         max_new_tokens=recipe.sft.generation_max_new_tokens,
         repetition_penalty=recipe.sft.repetition_penalty,
     )
-    step(f"generating answers to {len(sample)} test prompts (tuned and untuned model)")
+    step(f"generating answers to {len(sample)} of {len(test)} test prompts (tuned and untuned model)")
     answers = generate_answers(model, tokenizer, sample, **generate)
     base_answers = generate_answers(base, tokenizer, sample, **generate)
     references = sample["output"].tolist()
+    champion_answers = None
+    if champion is not None:
+        step(f"generating the champion's answers to the same {len(sample)} prompts")
+        champion_answers = [str(a) for a in champion(sample)]
     pd.DataFrame(
         {
             "instruction": sample["instruction"],
@@ -259,6 +298,7 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
             "answer_stopped": [a.stopped for a in answers],
             "untuned_answer": base_answers,
             "untuned_stopped": [a.stopped for a in base_answers],
+            **({"champion_answer": champion_answers} if champion_answers is not None else {}),
         }
     ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
     step(f"perplexity on {len(test)} test rows (tuned and untuned model)")
@@ -272,18 +312,36 @@ def _evaluate_sft(recipe: Recipe, layout: RunLayout, champion: Predictor | None,
         "stop_rate": stop_rate(base_answers),
         "perplexity": perplexity(base, tokenizer, test, recipe),
     }
+
+    def answer_set(frame: pd.DataFrame) -> tuple[list[str], list[str], list[str] | None]:
+        rows = frame.head(recipe.evaluation.generation_samples).reset_index(drop=True)
+        mine = [str(a) for a in generate_answers(model, tokenizer, rows, **generate)]
+        theirs = [str(a) for a in champion(rows)] if champion is not None else None
+        return rows["output"].tolist(), mine, theirs
+
+    generated = signoff.Generated(
+        references, [str(a) for a in answers], [str(a) for a in base_answers], champion_answers
+    )
     return {
         "model": tuned,
         "baselines": {"zero_shot": zero_shot},
-        "champion": _champion_generations(references, champion, sample, step),
+        "champion": generation_metrics(references, champion_answers)
+        if champion_answers is not None
+        else None,
+        **signoff.sft_signoff(
+            recipe, layout, generated, signoff.instruction_prompts(sample), answer_set, step, champion_dir
+        ),
         "samples": [
             {"instruction": i, "reference": r, "answer": a, "untuned_answer": b}
             for i, r, a, b in zip(sample["instruction"], references, answers, base_answers, strict=True)
         ][:8],
+        "notes": {"generation": f"answers generated for {len(sample)} of {len(test)} test rows"},
     }
 
 
-def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champion, step) -> dict:
+def _evaluate_conversations(
+    recipe, layout, test, tokenizer, model, base, champion, step, champion_dir
+) -> dict:
     """Per assistant turn of the test conversations: ROUGE-L and exact match of the replies, tool-call
     accuracy where the reference calls tools, perplexity over every assistant turn."""
     from tunery.data.templates import as_text_tools, parse_tool_calls
@@ -292,14 +350,17 @@ def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champi
 
     turns = conversation_turns(test, recipe.evaluation.generation_samples)
     budget = recipe.sft.generation_max_new_tokens
-    step(f"generating {len(turns)} assistant turns of the test conversations (tuned and untuned model)")
+    step(
+        f"generating {len(turns)} assistant turns of {len(test)} test conversations (tuned and untuned model)"
+    )
     penalty = recipe.sft.repetition_penalty
     answers = generate_replies(model, tokenizer, turns, budget, repetition_penalty=penalty)
     base_answers = generate_replies(base, tokenizer, turns, budget, repetition_penalty=penalty)
-    # a turn that calls tools is scored on its text form (what a template without tools is trained on)
-    references = [
-        as_text_tools({"messages": [t["turn"]], "tools": []})["messages"][0]["content"] for t in turns
-    ]
+
+    def text_of(turn: dict) -> str:  # a turn that calls tools is scored on its text form
+        return as_text_tools({"messages": [turn["turn"]], "tools": []})["messages"][0]["content"]
+
+    references = [text_of(t) for t in turns]
     reference_turns = [t["turn"] for t in turns]
 
     def scored(replies: list[str], perplexity_of) -> dict:
@@ -312,6 +373,16 @@ def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champi
             "perplexity": perplexity_of,
         }
 
+    def champion_replies(selected: list[dict]) -> list[str]:
+        frame = pd.DataFrame(
+            {"messages": [t["messages"] for t in selected], "tools": [t["tools"] for t in selected]}
+        )
+        return [str(a) for a in champion(frame)]
+
+    champion_answers = None
+    if champion is not None:
+        step(f"generating the champion's replies to the same {len(turns)} turns")
+        champion_answers = champion_replies(turns)
     step(f"perplexity on {len(test)} test conversations (tuned and untuned model)")
     tuned = scored(answers, perplexity(model, tokenizer, test, recipe))
     zero_shot = scored(base_answers, perplexity(base, tokenizer, test, recipe))
@@ -326,29 +397,33 @@ def _evaluate_conversations(recipe, layout, test, tokenizer, model, base, champi
             "answer_stopped": [a.stopped for a in answers],
             "untuned_answer": base_answers,
             "untuned_stopped": [a.stopped for a in base_answers],
+            **({"champion_answer": champion_answers} if champion_answers is not None else {}),
         }
     ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
+
+    def answer_set(frame: pd.DataFrame) -> tuple[list[str], list[str], list[str] | None]:
+        selected = conversation_turns(frame, recipe.evaluation.generation_samples)
+        mine = [
+            str(a) for a in generate_replies(model, tokenizer, selected, budget, repetition_penalty=penalty)
+        ]
+        theirs = champion_replies(selected) if champion is not None else None
+        return [text_of(t) for t in selected], mine, theirs
+
+    generated = signoff.Generated(
+        references, [str(a) for a in answers], [str(a) for a in base_answers], champion_answers
+    )
+    prompts = [
+        "\n".join(f"{m['role']}: {m.get('content') or ''}" for m in t["messages"] if m["role"] != "system")
+        for t in turns
+    ]
     return {
         "model": tuned,
         "baselines": {"zero_shot": zero_shot},
-        "champion": None if champion is None else _champion_turns(references, champion, turns, step),
+        "champion": None if champion_answers is None else generation_metrics(references, champion_answers),
+        **signoff.sft_signoff(recipe, layout, generated, prompts, answer_set, step, champion_dir),
         "samples": [
             {"instruction": u, "reference": r, "answer": a, "untuned_answer": b}
             for u, r, a, b in zip(last_user, references, answers, base_answers, strict=True)
         ][:8],
+        "notes": {"generation": f"{len(turns)} assistant turns of {len(test)} test conversations generated"},
     }
-
-
-def _champion_turns(references: list[str], champion: Predictor, turns: list[dict], step: _Steps) -> dict:
-    step(f"generating the champion's replies to the same {len(turns)} turns")
-    frame = pd.DataFrame({"messages": [t["messages"] for t in turns], "tools": [t["tools"] for t in turns]})
-    return generation_metrics(references, champion(frame))
-
-
-def _champion_generations(
-    references: list[str], champion: Predictor | None, sample, step: _Steps
-) -> dict | None:
-    if champion is None:
-        return None
-    step(f"generating the champion's answers to the same {len(sample)} prompts")
-    return generation_metrics(references, champion(sample))

@@ -146,7 +146,8 @@ def _preference_slices(
     """Preference: the metric of the model and of the champion on each earlier drop's test rows, from the
     per-row scores evaluation stored (``eval/preference_scores.parquet``: nothing is scored again). A slice
     on which the metric is undefined (an AUC over rows of one label) is kept with a note, not forgotten."""
-    from tunery.evaluation.preference import bootstrap_delta, row_metrics, scores_of
+    from tunery.evaluation.metrics import bootstrap_delta
+    from tunery.evaluation.preference import row_metrics, scores_of
 
     drops = pd.read_parquet(layout.split("test"), columns=["drop_id"])["drop_id"].to_numpy()
     frame = pd.read_parquet(layout.eval_dir / "preference_scores.parquet")

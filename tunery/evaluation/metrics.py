@@ -2,7 +2,7 @@
 flat headline numbers logged to MLflow."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -227,6 +227,40 @@ def paired_bootstrap(
         "ci_high": float(high),
         "confidence": confidence,
         "resamples": resamples,
+        "seed": seed,
+        "n": n,
+    }
+
+
+def bootstrap_delta(
+    a: Callable[[np.ndarray], float],
+    b: Callable[[np.ndarray], float],
+    n: int,
+    metric: str,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = 0.95,
+) -> dict:
+    """Percentile CI of a - b over test rows resampled with replacement, the same rows for both (paired).
+    Resamples on which a metric is undefined (an AUC over one class) are left out and counted."""
+    rng = np.random.default_rng(seed)
+    every = np.arange(n)
+    deltas = []
+    for _ in range(resamples):
+        rows = rng.integers(0, n, n)
+        deltas.append(a(rows) - b(rows))
+    deltas = np.asarray(deltas)
+    kept = deltas[~np.isnan(deltas)]
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(kept, [tail, 100 - tail]) if len(kept) else (float("nan"),) * 2
+    return {
+        "metric": metric,
+        "delta": float(a(every) - b(every)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": confidence,
+        "resamples": resamples,
+        "undefined_resamples": int(len(deltas) - len(kept)),
         "seed": seed,
         "n": n,
     }

@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from tunery.config import Recipe
-from tunery.evaluation.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from tunery.evaluation.gate_figures import baseline_floor, guard_figures
+from tunery.evaluation.metrics import bootstrap_delta
+from tunery.evaluation.signoff import model_megabytes
 from tunery.layout import RunLayout
 
 # Logits held at once while scoring (rows x tokens x vocabulary floats): 2^27 is 512 MB.
@@ -154,40 +156,6 @@ def _values(functions: dict[str, Callable[[np.ndarray], float]], n: int) -> dict
     return {k: (None if v != v else v) for k, v in values.items()} | {"n": n}
 
 
-def bootstrap_delta(
-    a: Callable[[np.ndarray], float],
-    b: Callable[[np.ndarray], float],
-    n: int,
-    metric: str,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-    confidence: float = 0.95,
-) -> dict:
-    """Percentile CI of a - b over test rows resampled with replacement, the same rows for both (paired).
-    Resamples on which a metric is undefined (an AUC over one class) are left out and counted."""
-    rng = np.random.default_rng(seed)
-    every = np.arange(n)
-    deltas = []
-    for _ in range(resamples):
-        rows = rng.integers(0, n, n)
-        deltas.append(a(rows) - b(rows))
-    deltas = np.asarray(deltas)
-    kept = deltas[~np.isnan(deltas)]
-    tail = (1.0 - confidence) / 2 * 100
-    low, high = np.percentile(kept, [tail, 100 - tail]) if len(kept) else (float("nan"),) * 2
-    return {
-        "metric": metric,
-        "delta": float(a(every) - b(every)),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "confidence": confidence,
-        "resamples": resamples,
-        "undefined_resamples": int(len(deltas) - len(kept)),
-        "seed": seed,
-        "n": n,
-    }
-
-
 def _replies(model, tokenizer, rows: list[dict], recipe: Recipe) -> list[str]:
     from tunery.training.sft import generate_replies
 
@@ -232,6 +200,7 @@ def evaluate_preference(
     del model
     champion_metrics, gate_bootstrap, other, other_name = None, None, untuned, "untuned"
     champion_scores: dict[str, np.ndarray] = {}
+    champion_fns: dict[str, Callable[[np.ndarray], float]] = {}
     primary = recipe.evaluation.gate.metric(recipe.task)
     if champion_dir is not None:
         step(f"scoring the champion on the same {n} rows, paired bootstrap")
@@ -255,8 +224,22 @@ def evaluate_preference(
             f"{other_name}_answer": [str(a) for a in other_replies],
         }
     ).to_parquet(layout.eval_dir / "generations.parquet", index=False)
+    # the untuned model is its own reference (no reward): its floor is on preference accuracy
+    floor_metric = primary if primary in untuned_fns else "preference_accuracy"
+    floor = baseline_floor(tuned_fns, {"untuned": untuned_fns}, floor_metric, n)
+    costs = {
+        "model_mb": {
+            "candidate": model_megabytes(layout.model_dir),
+            "champion": model_megabytes(champion_dir) if champion_dir is not None else None,
+            "lower_is_better": True,
+        }
+    }
+    per_set = {"test": (tuned_fns, champion_fns if champion_dir is not None else None, n)}
     return {
         "model": _values(tuned_fns, n),
+        "baseline_floor": floor,
+        "guards": guard_figures(recipe.evaluation.gate.guards, per_set, costs),
+        "costs": costs,
         "baselines": {"untuned": {**_values(untuned_fns, n), "model": start}},
         "champion": champion_metrics,
         "gate_bootstrap": gate_bootstrap,

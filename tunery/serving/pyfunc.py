@@ -51,7 +51,8 @@ def _instructions(model_input) -> pd.DataFrame:
     return frame.fillna("").astype({"instruction": str, "input": str})
 
 
-def _frame(classifier, texts: list[str | None]) -> pd.DataFrame:
+def classify_frame(classifier, texts: list[str | None]) -> pd.DataFrame:
+    """What the classification pyfunc returns for ``texts``: label, prob_<label> per class, error."""
     cleaned, errors = classifier.prepare(texts)
     keep = [i for i, error in enumerate(errors) if not error]
     probs = classifier.predict_proba([cleaned[i] for i in keep], clean=False)
@@ -72,7 +73,7 @@ def predictions_frame(model_dir: str | Path, texts: list[str]) -> pd.DataFrame:
     """What the classification pyfunc returns for ``texts``, computed from a model folder (signatures)."""
     from tunery.serving.inference import TextClassifier
 
-    return _frame(TextClassifier(model_dir), texts)
+    return classify_frame(TextClassifier(model_dir), texts)
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
@@ -86,7 +87,7 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
     # The hint tells MLflow not to infer a signature from it (tunery declares one, registry.pyfunc_signature);
     # a list of strings or a Series is accepted as well.
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return _frame(self._classifier, _texts(model_input))
+        return classify_frame(self._classifier, _texts(model_input))
 
 
 class InstructionModel(mlflow.pyfunc.PythonModel):
