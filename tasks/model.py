@@ -71,9 +71,22 @@ def train_model(recipe: Recipe, run_dir: str, run_id: str, splits: dict[str, str
     return str(model_dir)
 
 
+def judge_key_from_secret(recipe: Recipe) -> None:
+    """The judge's API key from the Prefect Secret block ``evaluation.judge.secret_block`` (if set), into
+    the environment variable the library reads (``evaluation.judge.api_key_env``); never logged."""
+    judge = recipe.evaluation.judge
+    if judge is None or not judge.secret_block:
+        return
+    from prefect.blocks.system import Secret
+
+    os.environ[judge.api_key_env] = str(Secret.load(judge.secret_block).get())
+
+
 @task(name="evaluate", retries=2, retry_delay_seconds=5, timeout_seconds=6 * 3600)
 def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
-    """Score the model, the majority baseline and the current champion on the same test rows."""
+    """Score the model, the baselines and the current champion on the same test rows (and evaluation sets,
+    benchmarks and the judge, where the recipe names them)."""
+    judge_key_from_secret(recipe)
     logger = get_run_logger()
     layout = RunLayout(Path(run_dir))
     metrics = pipeline.evaluate(

@@ -174,3 +174,134 @@ def test_no_promotion_over_a_champion_that_another_run_made_meanwhile(tmp_path):
     assert "champion changed during this run (version 1 -> version 2)" in late.reason
     first = still_current(recipe, {"champion_version": None}, promote)  # "no champion yet" is stale too
     assert first.alias == "challenger" and "(no champion -> version 2)" in first.reason
+
+
+# ------------------------------------------------------------------ the baseline floor and the guards
+
+
+def _floor(model: float, baseline: float, ci: tuple[float, float]) -> dict:
+    return {
+        "metric": "macro_f1",
+        "baseline": "tfidf_logreg",
+        "model_value": model,
+        "baseline_value": baseline,
+        "candidates": {"tfidf_logreg": baseline, "linear_probe": baseline - 0.1},
+        "delta": model - baseline,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+    }
+
+
+def test_the_first_model_is_not_champion_below_the_strongest_baseline():
+    # the case a new user met: macro-F1 0.52 made champion while TF-IDF scored 0.95 on the same rows
+    metrics = {
+        "model": {"macro_f1": 0.52},
+        "champion": None,
+        "baseline_floor": _floor(0.52, 0.95, (-0.47, -0.39)),
+    }
+    decision = decide(metrics, GateConfig())
+    assert decision.alias == "challenger"
+    assert "strongest baseline tfidf_logreg 0.9500" in decision.reason and "not promoted" in decision.reason
+    floor = next(c for c in decision.conditions if c["name"] == "baseline_floor")
+    assert not floor["passed"] and floor["ci_low"] == -0.47
+    # above the baseline but within the noise: still not champion
+    metrics["model"]["macro_f1"] = 0.955
+    metrics["baseline_floor"] = _floor(0.955, 0.95, (-0.01, 0.02))
+    assert decide(metrics, GateConfig()).alias == "challenger"
+    # reliably above it: champion; a margin applies to the floor as to the champion
+    metrics["baseline_floor"] = _floor(0.955, 0.95, (0.001, 0.01))
+    assert decide(metrics, GateConfig()).alias == "champion"
+    assert decide(metrics, GateConfig(min_improvement=0.01)).alias == "challenger"
+    # a recipe may switch the floor off; the decision then has no floor condition
+    off = decide(
+        {**metrics, "baseline_floor": _floor(0.5, 0.95, (-0.5, -0.4))}, GateConfig(baseline_floor=False)
+    )
+    assert off.alias == "champion" and "baseline_floor" not in {c["name"] for c in off.conditions}
+
+
+def _guarded(figures: list[dict]) -> dict:
+    out = metrics(0.95, 0.85, (0.05, 0.15))
+    out["guards"] = figures
+    return out
+
+
+@pytest.mark.parametrize(
+    ("guard", "figure", "passed"),
+    [
+        (
+            {"metric": "accuracy"},
+            {"candidate": 0.90, "champion": 0.91, "ci_low": -0.03, "ci_high": 0.01},
+            False,
+        ),
+        (
+            {"metric": "accuracy", "margin": 0.02},
+            {"candidate": 0.90, "champion": 0.91, "ci_low": -0.03, "ci_high": 0.01},
+            True,
+        ),
+        # strict: the interval's low end decides (non-inferiority)
+        (
+            {"metric": "accuracy", "margin": 0.02, "strict": True},
+            {"candidate": 0.90, "champion": 0.91, "ci_low": -0.03, "ci_high": 0.01},
+            False,
+        ),
+        (
+            {"metric": "recall:spam"},
+            {"candidate": 0.80, "champion": 0.95, "ci_low": -0.2, "ci_high": -0.1},
+            False,
+        ),
+        # lower is better, relative margin: 12 ms against 10 ms is 20% slower
+        (
+            {"metric": "latency_p95_ms", "margin": 0.25},
+            {"candidate": 12.0, "champion": 10.0, "lower_is_better": True},
+            True,
+        ),
+        (
+            {"metric": "latency_p95_ms", "margin": 0.1},
+            {"candidate": 12.0, "champion": 10.0, "lower_is_better": True},
+            False,
+        ),
+        ({"metric": "model_mb"}, {"candidate": 90.0, "champion": 91.0, "lower_is_better": True}, True),
+        ({"metric": "accuracy"}, {"candidate": 0.5, "champion": None}, True),  # nothing to regress from
+        (
+            {"metric": "accuracy"},
+            {"error": "accuracy was not computed on golden"},
+            False,
+        ),  # never silently passed
+    ],
+)
+def test_each_guard_passes_or_blocks_by_its_rule(guard, figure, passed):
+    config = GateConfig(guards=[guard])
+    label = config.guards[0].label()
+    decision = decide(_guarded([{"guard": label, **figure}]), config)
+    condition = decision.conditions[-1]
+    assert condition["name"] == f"guard {label}" and condition["passed"] is passed
+    assert decision.alias == ("champion" if passed else "challenger")
+    if not passed:
+        assert f"blocked by guard {label}" in decision.reason
+
+
+def test_the_judge_guard_needs_a_win_rate_of_at_least_one_half():
+    config = GateConfig(guards=[{"metric": "judge_win_rate"}])
+    figure = {"guard": "judge_win_rate", "win_rate": 0.45, "ci_low": 0.30, "ci_high": 0.60, "n": 40}
+    assert decide(_guarded([figure]), config).alias == "challenger"
+    assert decide(_guarded([{**figure, "win_rate": 0.55}]), config).alias == "champion"
+    strict = GateConfig(guards=[{"metric": "judge_win_rate", "strict": True}])
+    assert decide(_guarded([{**figure, "win_rate": 0.55}]), strict).alias == "challenger"
+
+
+def test_a_missing_guard_figure_blocks_and_every_condition_becomes_a_tag():
+    from tunery.registry import gate_condition_tags
+
+    config = GateConfig(
+        guards=[{"metric": "f1:spam", "margin": 0.01}, {"metric": "macro_f1", "set": "golden"}]
+    )
+    decision = decide(
+        _guarded([{"guard": "f1:spam", "candidate": 0.9, "champion": 0.9, "ci_low": -0.02, "ci_high": 0.02}]),
+        config,
+    )
+    assert decision.alias == "challenger"
+    assert "guard golden/macro_f1: evaluation stored no figure for it" in decision.reason
+    tags = gate_condition_tags(decision)
+    assert tags["tunery.gate.condition.primary"].startswith("pass: macro_f1 0.9500 vs champion 0.8500")
+    assert tags["tunery.gate.condition.guard_f1_spam"].startswith("pass")
+    assert tags["tunery.gate.condition.guard_golden/macro_f1"].startswith("fail")
