@@ -38,6 +38,7 @@ data:
   text_columns: [text]               # several columns are joined with data.text_separator
   label_column: label
   labels: null                       # or a list, e.g. [billing, network]: other labels are quarantined
+  test_source: null                  # or your own frozen test file: scored whole, never split
 cleaning:
   max_chars: 4000
   max_quarantine_fraction: 0.2       # fail the run when more rows than this are quarantined
@@ -52,7 +53,12 @@ training:
   batch_size: 16
   learning_rate: 5.0e-5
 evaluation:
-  gate: {primary_metric: macro_f1, min_improvement: 0.0}
+  sets: {}                           # named evaluation sets, e.g. {golden: data/golden.csv}
+  gate:
+    primary_metric: macro_f1
+    min_improvement: 0.0
+    baseline_floor: true             # never champion below the strongest baseline (TF-IDF, linear probe)
+    guards: []                       # must not regress, e.g. [{metric: "recall:urgent", margin: 0.02}]
 mlflow:
   experiment: my-classifier
   registered_model: my-classifier
@@ -85,7 +91,7 @@ sft:
   system_prompt: null                # or a system message added to every conversation
   generation_max_new_tokens: 128
 evaluation:
-  generation_samples: 16
+  generation_samples: null           # all test rows; or the first N
   gate: {primary_metric: rouge_l, min_improvement: 0.0}
 mlflow:
   experiment: my-assistant
@@ -119,7 +125,7 @@ sft:
   packing: true                      # packed conversations never attend to each other
   generation_max_new_tokens: 128
 evaluation:
-  generation_samples: 16             # assistant turns of the test conversations answered
+  generation_samples: null           # assistant turns of the test conversations answered (null: all)
   gate: {primary_metric: rouge_l, min_improvement: 0.0}
 mlflow:
   experiment: my-chat-assistant
@@ -151,7 +157,7 @@ preference:
   beta: 0.1
   format: auto                       # trl | openai | sharegpt | messages | kto | auto
 evaluation:
-  generation_samples: 16             # test prompts answered by the model and the champion, side by side
+  generation_samples: null           # test prompts answered by model and champion side by side (null: all)
   gate: {primary_metric: preference_accuracy, min_improvement: 0.0}
 mlflow:
   experiment: my-assistant-dpo
