@@ -59,6 +59,7 @@ def pipeline_run(shared_data, tmp_path_factory):
               labels: [ham, spam]
             model: {{base: minilm, max_length: 64}}
             training: {{epochs: 1, batch_size: 16, learning_rate: 1.0e-4}}
+            evaluation: {{gate: {{baseline_floor: false}}}}
             mlflow: {{experiment: sms-plain, registered_model: sms-plain}}
             workdir: {folder / "work"}
             """

@@ -120,9 +120,7 @@ def test_named_evaluation_sets_are_cleaned_on_their_own_and_their_repeats_leave_
     golden = sst2["dev"].head(40).rename(columns={"content": "sentence"})
     # a golden set with a duplicate row and an empty one: the duplicate stays, the empty row is
     # quarantined in the set's own quarantine file
-    golden = pd.concat(
-        [golden, golden.head(1), pd.DataFrame({"label": ["1"], "sentence": ["   "]})]
-    )
+    golden = pd.concat([golden, golden.head(1), pd.DataFrame({"label": ["1"], "sentence": ["   "]})])
     golden.to_csv(folder / "golden.tsv", sep="\t", index=False)
     recipe = _recipe(sst2, shared_data, sets={"golden": str(folder / "golden.tsv")})
     layout = _run_stages(recipe)

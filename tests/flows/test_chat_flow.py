@@ -99,7 +99,7 @@ def chat_recipe(shared_data, tiny_llama, tmp_path_factory):
             training: {{max_steps: 6, batch_size: 4, eval_batch_size: 8, learning_rate: 5.0e-3,
                         logging_steps: 2}}
             sft: {{generation_max_new_tokens: 12, packing: true}}
-            evaluation: {{generation_samples: 6}}
+            evaluation: {{generation_samples: 6, gate: {{baseline_floor: false}}}}
             mlflow: {{experiment: chat, registered_model: chat-sft}}
             workdir: {folder / "work"}
             """

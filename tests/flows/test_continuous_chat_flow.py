@@ -41,7 +41,7 @@ def chat_zone(shared_data, tiny_llama, tmp_path_factory, mlflow_server, prefect_
             method: {{name: lora, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}}}
             training: {{max_steps: 3, batch_size: 4, eval_batch_size: 8, learning_rate: 5.0e-3}}
             sft: {{generation_max_new_tokens: 8, packing: true}}
-            evaluation: {{generation_samples: 4}}
+            evaluation: {{generation_samples: 4, gate: {{baseline_floor: false}}}}
             continuous: {{settle_seconds: 0, warm_start: champion, forgetting_margin: 0.02,
                           drift: {{action: warn}}}}
             mlflow: {{experiment: chat-drops, registered_model: chat-drops, tracking_uri: "{mlflow_server}"}}

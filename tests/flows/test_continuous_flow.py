@@ -52,6 +52,7 @@ def scenario(shared_data, tmp_path_factory, mlflow_server, prefect_harness):
             model: {{base: minilm, max_length: 64}}
             training: {{epochs: 1, batch_size: 16, learning_rate: 1.0e-4}}
             continuous: {{settle_seconds: 0, warm_start: champion, forgetting_margin: 0.02}}
+            evaluation: {{gate: {{baseline_floor: false}}}}
             mlflow: {{experiment: sms-drops, registered_model: sms-drops, tracking_uri: "{mlflow_server}"}}
             workdir: {folder / "work"}
             """

@@ -43,7 +43,7 @@ def pair_zone(shared_data, tiny_llama, tmp_path_factory, mlflow_server, prefect_
             training: {{max_steps: 2, batch_size: 2, eval_batch_size: 8, learning_rate: 5.0e-3}}
             preference: {{objective: dpo}}
             sft: {{generation_max_new_tokens: 4}}
-            evaluation: {{generation_samples: 2}}
+            evaluation: {{generation_samples: 2, gate: {{baseline_floor: false}}}}
             continuous: {{settle_seconds: 0, warm_start: champion, forgetting_margin: 0.02,
                           drift: {{action: warn}}}}
             mlflow: {{experiment: pair-drops, registered_model: pair-drops, tracking_uri: "{mlflow_server}"}}

@@ -53,6 +53,7 @@ def spam_recipe(shared_data, tmp_path_factory, mlflow_server):
               labels: [ham, spam]
             model: {{base: minilm, max_length: 64}}
             training: {{epochs: 1, batch_size: 16, learning_rate: 1.0e-4}}
+            evaluation: {{gate: {{baseline_floor: false}}}}
             mlflow: {{experiment: sms, registered_model: sms-spam, tracking_uri: "{mlflow_server}"}}
             workdir: {folder / "work"}
             """

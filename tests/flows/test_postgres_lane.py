@@ -39,6 +39,7 @@ def pg_recipe(shared_data, tmp_path_factory, postgres_mlflow_server, tiny_bert):
               labels: [ham, spam]
             model: {{base: {tiny_bert}, max_length: 48}}
             training: {{epochs: 1, max_steps: 12, batch_size: 16, learning_rate: 2.0e-4}}
+            evaluation: {{gate: {{baseline_floor: false}}}}
             mlflow:
               experiment: sms-pg
               registered_model: sms-spam-pg

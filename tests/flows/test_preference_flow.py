@@ -64,7 +64,7 @@ def sft_parent(workdir, shared_data, tiny_llama, prefect_harness):
         model: {{base: {tiny_llama}, max_length: 512}}
         training: {{max_steps: 2, batch_size: 4, logging_steps: 2}}
         sft: {{generation_max_new_tokens: 4}}
-        evaluation: {{generation_samples: 2}}
+        evaluation: {{generation_samples: 2, gate: {{baseline_floor: false}}}}
         """,
     )
     return finetune(recipe_path=recipe)
@@ -87,7 +87,7 @@ def preference_run(workdir, tiny_llama, name: str, source, objective: str, init_
         training: {TRAINING.format(steps=STEPS[objective])}
         preference: {{objective: {objective}}}
         sft: {{generation_max_new_tokens: 8}}
-        evaluation: {{generation_samples: 4}}
+        evaluation: {{generation_samples: 4, gate: {{baseline_floor: false}}}}
         """,
     )
     result = finetune(recipe_path=recipe)

@@ -133,6 +133,7 @@ def secrets_recipe(tmp_path_factory, tiny_bert):
             cleaning: {{near_duplicates: false}}
             model: {{base: {tiny_bert}, max_length: 16}}
             training: {{max_steps: 2, batch_size: 8, logging_steps: 1, save_steps: 2}}
+            evaluation: {{gate: {{baseline_floor: false}}}}
             mlflow: {{experiment: secrets, registered_model: secrets}}
             workdir: {folder / "work"}
             """

@@ -190,8 +190,11 @@ def stack_runs(live_stack, tiny_bert, tmp_path_factory):
 
     The tiny BERT (instead of MiniLM) keeps each run cheap: what is under test here is the stack."""
     workdir = tmp_path_factory.mktemp("stack-runs")
+    # a tiny random model: these runs test the stack, not the baseline floor (test_held_out_pipeline.py)
     base = f"model.base={tiny_bert}"
+    floor_off = "evaluation.gate.baseline_floor=false"
     ui_overrides = [
+        floor_off,
         "training.max_steps=4",
         "training.logging_steps=1",  # a training curve with a point per step, validated twice
         "training.eval_steps=2",
@@ -202,7 +205,7 @@ def stack_runs(live_stack, tiny_bert, tmp_path_factory):
     cron_workdir = workdir / "scheduled"
     with _api(live_stack) as api:
         cron_overrides = [f"workdir={cron_workdir}", "mlflow.registered_model=helpdesk-cron"]
-        cron = _schedule_nightly_soon(api, ["training.max_steps=2", base, *cron_overrides])
+        cron = _schedule_nightly_soon(api, ["training.max_steps=2", base, floor_off, *cron_overrides])
         ui_id = _submit_in_ui(live_stack, ui_overrides, workdir)
         deployment = _deployment_id(api, "finetune", "finetune")
         api_ids = []
@@ -212,6 +215,7 @@ def stack_runs(live_stack, tiny_bert, tmp_path_factory):
                 "overrides": [
                     "training.max_steps=6",
                     base,
+                    floor_off,
                     f"workdir={workdir / f'run{k}'}",
                     "mlflow.registered_model=helpdesk-stack",
                 ],
@@ -548,6 +552,7 @@ def drop_zone_runs(live_stack, tiny_bert, tmp_path_factory):
         "model": {"base": str(tiny_bert), "max_length": 64},
         "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1.0e-4},
         "continuous": {"settle_seconds": 0, "reannounce_seconds": 30},
+        "evaluation": {"gate": {"baseline_floor": False}},
         "mlflow": {"registered_model": "sms-stack-drops", "tracking_uri": live_stack["mlflow_url"]},
         "workdir": str(folder / "work"),
     }
