@@ -404,3 +404,52 @@ def test_champion_giving_labels_only_has_no_probability_metrics(tiny_run, monkey
     metrics = json.loads(evaluate.evaluate(recipe, layout, lambda rows: ["pos"] * len(rows), "1").read_text())
     assert "auc_roc" not in metrics["champion"] and "labels only" in metrics["champion"]["note"]
     assert metrics["gate_bootstrap"]["n"] == 40 and metrics["gate_bootstrap"]["resamples"] == 100
+
+
+def test_evaluation_measures_the_guards_figures_for_both_models(tiny_run):
+    """Latency (one-row requests through the pyfunc's scoring function) and size of the candidate and of the
+    champion's folder, the floor against the strongest baseline, and every guard's figures with intervals."""
+    from tunery.config import GateConfig
+    from tunery.registry import decide
+
+    recipe, layout = tiny_run
+    gate = GateConfig(
+        guards=[
+            {"metric": "latency_p95_ms", "margin": 10.0},
+            {"metric": "model_mb", "margin": 0.0},
+            {"metric": "recall:pos", "margin": 0.05},
+        ]
+    )
+    recipe = recipe.model_copy(
+        update={"evaluation": recipe.evaluation.model_copy(update={"gate": gate, "latency_rows": 8})}
+    )
+
+    def champion(rows: pd.DataFrame) -> pd.DataFrame:  # says "pos" to everything
+        n = len(rows)
+        return pd.DataFrame({"label": ["pos"] * n, "prob_neg": np.zeros(n), "prob_pos": np.ones(n)})
+
+    # the champion's folder is the same model: the same size, a similar latency
+    path = evaluate.evaluate(recipe, layout, champion, "1", champion_dir=layout.model_dir)
+    metrics = json.loads(path.read_text())
+    figures = {g["guard"]: g for g in metrics["guards"]}
+    latency = figures["latency_p95_ms"]
+    assert latency["n"] == 8 and latency["candidate"] > 0 and latency["champion"] > 0
+    assert latency["ci_low"] <= latency["delta"] <= latency["ci_high"]
+    size = figures["model_mb"]
+    assert size["candidate"] == size["champion"] > 0
+    assert metrics["model"]["model_mb"] == size["candidate"]
+    recall = figures["recall:pos"]
+    assert recall["champion"] == 1.0 and recall["ci_low"] <= recall["delta"] <= recall["ci_high"]
+    floor = metrics["baseline_floor"]
+    assert floor["baseline_value"] == max(floor["candidates"].values())
+    assert set(floor["candidates"]) == {"tfidf_logreg", "linear_probe", "majority"}
+    decision = decide(metrics, gate)
+    names = [c["name"] for c in decision.conditions]
+    assert names == [
+        "primary",
+        "baseline_floor",
+        "guard latency_p95_ms",
+        "guard model_mb",
+        "guard recall:pos",
+    ]
+    assert next(c for c in decision.conditions if c["name"] == "guard model_mb")["passed"]
