@@ -43,6 +43,8 @@ class Registration:
     run_id: str
     model_uri: str
     test_metrics: dict
+    # every gate condition with its figure, interval and pass/fail (tunery.evaluation.gate.decide)
+    conditions: tuple = ()
 
 
 def current_champion(recipe: Recipe) -> str | None:
@@ -278,6 +280,7 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
         run_id=run_id,
         model_uri=f"models:/{name}@{decision.alias}",
         test_metrics={k: v for k, v in metrics["model"].items() if isinstance(v, float)},
+        conditions=decision.conditions,
     )
 
 
