@@ -8,7 +8,8 @@ over :data:`MAX_IMAGE_BYTES` is named instead of embedded. Square-ish plots go t
 table), so that the confusion matrix, ROC curves and reliability diagram are seen at a glance.
 
 - :func:`summary_markdown`: the run summary (gate, data, test metrics) plus the evaluation plots, the
-  training curves, the sensitivity table (classification) and sample generations (sft).
+  training curves, the sensitivity section (classification: worst slices first, with their charts) and
+  sample generations (sft).
 - :func:`with_plots`: any markdown report (data report, drift report) followed by its plots.
 - :func:`training_history` and :func:`plot_training_curves`: loss and validation curves from the
   metrics the training job logged to the tracking run.
@@ -24,6 +25,13 @@ from pathlib import Path
 
 from tunery.evaluation.generation import rouge_l
 from tunery.evaluation.report import run_markdown
+from tunery.evaluation.robustness import (
+    SENSITIVITY_CSV,
+    SENSITIVITY_PLOT_PREFIX,
+    SMALL_NOTE,
+    SMALL_SLICE,
+    slice_table,
+)
 from tunery.layout import RunLayout
 from tunery.plotting import pyplot, save
 
@@ -35,6 +43,7 @@ PALETTE_COLOURS = 128  # plots have few colours: a palette PNG is about 40% of t
 MAX_IMAGE_BYTES = 400_000  # of the encoded PNG; larger ones are named, not embedded
 SAMPLES_SHOWN = 3  # sft sample generations in the summary
 SAMPLE_CHARS = 400  # each text of a sample is cut to this many characters
+SLICES_SHOWN = 10  # worst slices in the summary's sensitivity table
 
 # The name the training curves are saved under, in the run's train folder.
 TRAINING_CURVES = "curves.png"
@@ -168,40 +177,88 @@ def _plain(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def sensitivity_markdown(sensitivity: Mapping | None) -> str:
-    """Perturbations (accuracy and macro-F1 with the change from the clean test texts) and slices (length
-    quartiles, classes) of ``metrics.json``'s ``sensitivity``; empty without one."""
+def _interval(row) -> str:
+    if row["ci_low"] != row["ci_low"]:  # NaN: a slice without rows
+        return "–"
+    return f"{row['ci_low']:.4f}–{row['ci_high']:.4f}"
+
+
+def sensitivity_reading(table) -> str:
+    """One plain-language line on :func:`~tunery.evaluation.robustness.slice_table`'s worst slice that has
+    enough rows to act on, e.g. ``worst: label=negative 0.71 (n=120), 0.12 below overall``."""
+    scored = table[table["accuracy"].notna()]
+    actionable = scored[~scored["small"] & scored["n"].notna()]  # an earlier run's perturbations: no n
+    if actionable.empty:
+        return f"every slice has fewer than {SMALL_SLICE} rows: {SMALL_NOTE}."
+    worst = actionable.iloc[0]
+    reference = "the clean texts" if worst["dimension"] == "perturbation" else "overall"
+    name = escape_cell(f"{worst['dimension']}={worst['slice']}", 120)
+    if worst["delta"] >= 0:
+        return f"no slice scores below {reference}: worst {name} {worst['accuracy']:.2f} (n={worst['n']})."
+    line = f"worst: {name} {worst['accuracy']:.2f} (n={worst['n']}), {-worst['delta']:.2f} below {reference}"
+    overall = worst["accuracy"] - worst["delta"]
+    if worst["ci_high"] < overall:
+        line += f"; its 95% interval {_interval(worst)} lies wholly below {reference}"
+    else:
+        line += f"; its 95% interval {_interval(worst)} includes {reference}: the gap may be noise"
+    smaller = int((scored.index < actionable.index[0]).sum())
+    if smaller:
+        line += f" ({smaller} smaller slice{'s' * (smaller > 1)} score lower: {SMALL_NOTE})"
+    return line + "."
+
+
+def sensitivity_markdown(sensitivity: Mapping | None, plots: Mapping[str, str | Path] | None = None) -> str:
+    """The sensitivity section: a one-line reading, the :data:`SLICES_SHOWN` worst slices (length
+    quartiles, classes, groups such as source file or drop, and perturbations; small slices flagged), the
+    perturbations (with the share of predictions they flipped), then the per-dimension charts in ``plots``
+    embedded; empty without ``metrics.json``'s ``sensitivity``."""
     if not sensitivity:
         return ""
+    import pandas as pd
+
+    table = slice_table(sensitivity)
     clean = sensitivity.get("clean", {})
+    rows = f" over {sensitivity['n']} test rows" if sensitivity.get("n") else ""
     lines = [
         "## Sensitivity",
         f"clean test texts: accuracy {_plain(clean.get('accuracy'))}, "
-        f"macro-F1 {_plain(clean.get('macro_f1'))} (perturbation seed {sensitivity.get('seed')})",
+        f"macro-F1 {_plain(clean.get('macro_f1'))}{rows} (perturbation seed {sensitivity.get('seed')})",
         "",
-        "| perturbation | rows changed | accuracy | Δ accuracy | macro-F1 | Δ macro-F1 |",
+        f"**Reading:** {sensitivity_reading(table)}",
+        "",
+        f"### Worst {min(SLICES_SHOWN, len(table))} of {len(table)} slices "
+        f"(`eval/{SENSITIVITY_CSV}` has all)",
+        "| dimension | slice | n | accuracy | Δ vs overall | 95% interval |",
         "|---|---|---|---|---|---|",
     ]
+    for _, row in table.head(SLICES_SHOWN).iterrows():
+        accuracy = "–" if row["accuracy"] != row["accuracy"] else f"{row['accuracy']:.4f}"
+        delta = "–" if row["delta"] != row["delta"] else f"{row['delta']:+.4f}"
+        flag = f" ({SMALL_NOTE})" if row["small"] else ""
+        n = "–" if pd.isna(row["n"]) else row["n"]  # an earlier run's perturbations have no n
+        lines.append(
+            f"| {escape_cell(row['dimension'])} | {escape_cell(row['slice'], 80)} | {n} | "
+            f"{accuracy} | {delta} | {_interval(row)}{flag} |"
+        )
+    lines += [
+        "",
+        "| perturbation | rows changed | accuracy | Δ accuracy | macro-F1 | Δ macro-F1 "
+        "| predictions flipped |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, p in sensitivity.get("perturbations", {}).items():
+        flipped = "–" if p.get("flipped") is None else f"{p['flipped']:.1%}"
         lines.append(
             f"| {escape_cell(name)} | {p.get('changed_rows', '–')} | {_plain(p.get('accuracy'))} | "
             f"{_signed(p.get('delta_accuracy'))} | {_plain(p.get('macro_f1'))} | "
-            f"{_signed(p.get('delta_macro_f1'))} |"
+            f"{_signed(p.get('delta_macro_f1'))} | {flipped} |"
         )
-    slices = sensitivity.get("slices", {})
-    if slices.get("length"):
-        lines += ["", "| length slice | words | rows | accuracy | macro-F1 |", "|---|---|---|---|---|"]
-        for name, s in slices["length"].items():
-            low, high = s.get("words", ["?", "?"])
-            lines.append(
-                f"| {name} | {low}–{high} | {s.get('n')} | {_plain(s.get('accuracy'))} | "
-                f"{_plain(s.get('macro_f1'))} |"
-            )
-    if slices.get("class"):
-        lines += ["", "| true class | rows | accuracy (recall) |", "|---|---|---|"]
-        for label, s in slices["class"].items():
-            lines.append(f"| {escape_cell(label)} | {s.get('n')} | {_plain(s.get('accuracy'))} |")
-    return "\n".join(lines)
+    charts = {
+        key.removeprefix(SENSITIVITY_PLOT_PREFIX).replace("_", " ").capitalize(): path
+        for key, path in (plots or {}).items()
+    }
+    section = plots_markdown(charts, "### Accuracy per slice")
+    return "\n".join(lines) + (f"\n\n{section}" if section else "")
 
 
 def samples_markdown(samples: Sequence[Mapping] | None, limit: int = SAMPLES_SHOWN) -> str:
@@ -285,16 +342,18 @@ def summary_markdown(
 ) -> str:
     """The run summary artifact: :func:`~tunery.evaluation.report.run_markdown` (gate, data, test metrics)
     followed by the evaluation plots, the training curves (``train/curves.png`` where written), the
-    sensitivity table (classification) and sample generations (sft)."""
+    sensitivity section with its charts (the ``plots`` keys starting ``sensitivity_``; classification) and
+    sample generations (sft)."""
     metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
     plots = {name: layout.root / rel for name, rel in (metrics.get("plots") or {}).items()}
+    sensitivity_plots = {k: plots.pop(k) for k in list(plots) if k.startswith(SENSITIVITY_PLOT_PREFIX)}
     curves = layout.train_dir / TRAINING_CURVES
     if curves.is_file():
         plots["training_curves"] = curves
     sections = [
         run_markdown(layout, registration, tracking_uri, experiment_id),
         plots_markdown(plots),
-        sensitivity_markdown(metrics.get("sensitivity")),
+        sensitivity_markdown(metrics.get("sensitivity"), sensitivity_plots),
         samples_markdown(metrics.get("samples")),
     ]
     return "\n\n".join(section for section in sections if section)
