@@ -350,7 +350,15 @@ def test_evaluate_end_to_end(tiny_run):
     assert set(metrics["sensitivity"]["perturbations"]) == set(robustness.PERTURBATIONS)
     for path in metrics["plots"].values():
         assert (layout.root / path).read_bytes()[:8] == PNG
-    assert set(metrics["plots"]) == {"confusion_matrix", "roc_curves", "reliability"}
+    assert set(metrics["plots"]) == {
+        "confusion_matrix",
+        "roc_curves",
+        "reliability",
+        "sensitivity_length",
+        "sensitivity_label",
+        "sensitivity_perturbation",
+    }
+    assert (layout.eval_dir / "sensitivity.csv").is_file()
 
     rows = pd.read_parquet(layout.eval_dir / "predictions.parquet")
     assert len(rows) == 40

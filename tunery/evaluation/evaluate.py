@@ -47,7 +47,7 @@ from tunery.evaluation.metrics import (
     probability_rows,
 )
 from tunery.evaluation.plots import plot_confusion, plot_reliability, plot_roc_curves
-from tunery.evaluation.robustness import PERTURBATIONS, sensitivity_analysis
+from tunery.evaluation.robustness import PERTURBATIONS, sensitivity_analysis, write_sensitivity
 from tunery.layout import RunLayout
 from tunery.serving.inference import TextClassifier
 
@@ -145,8 +145,13 @@ def _evaluate_classification(
     proba = probability_rows(predict_proba(texts), len(texts), len(labels))
     predictions = argmax_labels(proba, labels)
     model_metrics = classification_metrics(truth, predictions, labels, proba)
-    step(f"sensitivity: {len(PERTURBATIONS)} perturbations x {len(texts)} rows, length and class slices")
-    sensitivity = sensitivity_analysis(predict_proba, texts, truth, labels, predictions)
+    step(f"sensitivity: {len(PERTURBATIONS)} perturbations x {len(texts)} rows, slices: length, label, file")
+    groups = {  # slices besides length and label: the source file, and the drop (continuous learning)
+        name: test[column].tolist()
+        for name, column in (("source", "source"), ("drop", "drop_id"))
+        if column in test.columns
+    }
+    sensitivity = sensitivity_analysis(predict_proba, texts, truth, labels, predictions, groups=groups)
     sets, per_set = {}, {}
     if recipe.evaluation.sets:
         step(f"scoring the model and the champion on evaluation sets {', '.join(recipe.evaluation.sets)}")
@@ -234,6 +239,7 @@ def _evaluate_classification(
             eval_dir / "reliability.png",
         ),
     }
+    plots.update({key: eval_dir / name for key, name in write_sensitivity(sensitivity, eval_dir).items()})
     per_set["test"] = (model_fns, champion_fns, len(texts))
     guards = guard_figures(recipe.evaluation.gate.guards, per_set, costs)
     return {
