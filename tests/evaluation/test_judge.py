@@ -418,10 +418,12 @@ def smollm2_judge(tmp_path_factory):
         yield {"base": base, "log": log}
     finally:
         process.stop_group(server)
-        # chat_api's copy of the model (540 MB) outlives a SIGTERM: uvicorn re-raises the signal after its
-        # shutdown, so the server's `finally` never runs; it was put under `root` (TMPDIR) to be found here
-        for leftover in root.glob("tunery-chat-*"):
+        # chat_api copies the model (540 MB) under TMPDIR (`root`, so that it is found here): a SIGTERM must
+        # still remove it (uvicorn re-raises the signal after its shutdown; chat_api exits through `finally`)
+        leftovers = list(root.glob("tunery-chat-*"))
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
+        assert not leftovers, f"chat_api left its model copy after SIGTERM: {leftovers}"
 
 
 @pytest.mark.slow

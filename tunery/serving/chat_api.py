@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import shutil
+    import signal
+    import sys
 
     import mlflow
     import uvicorn
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"serving {args.model} on http://{args.host}:{args.port}/v1 (OpenAI chat completions)", flush=True
         )
+        # uvicorn re-raises a SIGTERM after its graceful shutdown with the handler it found: the default one
+        # would end the process before `finally` removes the model copy (hundreds of MB per start)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         uvicorn.run(
             create_app(engine, args.max_request_bytes), host=args.host, port=args.port, log_level="warning"
         )
