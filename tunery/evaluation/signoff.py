@@ -308,7 +308,7 @@ def sft_signoff(
         per_set,
         costs,
         judge,
-        (benchmarks or {}).get("results"),
+        {model: result["tasks"] for model, result in (benchmarks or {}).get("results", {}).items()},
     )
     return {
         "baseline_floor": floor,
