@@ -125,3 +125,9 @@ def test_sft_evaluation_scores_sets_benchmarks_and_the_judge(
     conditions = {c["name"]: c for c in decision.conditions}
     assert not conditions["guard judge_win_rate"]["passed"]
     assert decision.alias == "challenger" and "guard judge_win_rate" in decision.reason
+    # what goes to MLflow as metrics (the registry logs headline(metrics) into the run)
+    from tunery.evaluation.metrics import headline
+
+    flat = headline(metrics)
+    assert flat["judge_win_rate"] == 0.0 and flat["benchmark_candidate_exam_acc"] == row["candidate"]
+    assert "set_golden_rouge_l" in flat and "baseline_floor_ci_low" in flat

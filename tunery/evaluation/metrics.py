@@ -2,6 +2,7 @@
 flat headline numbers logged to MLflow."""
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -266,9 +267,13 @@ def bootstrap_delta(
     }
 
 
+_MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")  # what an MLflow metric name may not hold
+
+
 def headline(metrics: dict) -> dict[str, float]:
     """The flat numbers worth logging as MLflow metrics: test_*, baseline_<name>_*, champion_*, and for
-    classification gate_bootstrap_* and sensitivity_<perturbation>_*."""
+    classification gate_bootstrap_* and sensitivity_<perturbation>_*; the baseline floor, evaluation sets,
+    the judge and the benchmark suites where evaluation computed them."""
 
     def numbers(values: dict) -> dict:
         return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -283,4 +288,23 @@ def headline(metrics: dict) -> dict[str, float]:
         flat.update({f"gate_bootstrap_{k}": boot[k] for k in ("delta", "ci_low", "ci_high") if k in boot})
     for name, values in ((metrics.get("sensitivity") or {}).get("perturbations") or {}).items():
         flat.update({f"sensitivity_{name}_{k}": v for k, v in numbers(values).items()})
+    floor = metrics.get("baseline_floor") or {}
+    flat.update({f"baseline_floor_{k}": floor[k] for k in ("delta", "ci_low", "ci_high") if k in floor})
+    for name, entry in (metrics.get("sets") or {}).items():  # evaluation sets: set_<name>_<metric>
+        flat.update({f"set_{name}_{k}": v for k, v in numbers(entry["model"]).items()})
+        if entry.get("champion"):
+            flat.update({f"set_{name}_champion_{k}": v for k, v in numbers(entry["champion"]).items()})
+    judge = metrics.get("judge") or {}
+    flat.update(
+        {
+            f"judge_{k}": judge[k]
+            for k in ("win_rate", "ci_low", "ci_high", "position_bias")
+            if judge.get(k) is not None
+        }
+    )
+    for row in (metrics.get("benchmarks") or {}).get("table") or []:  # benchmark_<model>_<task>_<metric>
+        for model in ("base", "champion", "candidate"):
+            if isinstance(row.get(model), int | float):
+                metric = _MLFLOW_UNSAFE.sub("_", f"{row['task']}_{row['metric']}")
+                flat[f"benchmark_{model}_{metric}"] = row[model]
     return flat
