@@ -431,3 +431,26 @@ def test_an_unknown_task_is_refused_by_name(tmp_path):
     )
     with pytest.raises(BenchmarkError, match=r"unknown benchmark task\(s\) \['no_such_task'\]"):
         run_benchmarks("smollm2", ["sums", "no_such_task"], tmp_path, limit=1, num_fewshot=None)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_the_chat_template_is_applied_only_when_asked(sst2_task, tiny_llama, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    templated = []
+    original = HFLM.apply_chat_template
+
+    def spy(self, chat_history, *args, **kwargs):
+        templated.append(chat_history)
+        return original(self, chat_history, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "apply_chat_template", spy)
+    folder, _ = sst2_task
+    plain = run_benchmarks(str(tiny_llama), ["sst2_exam"], folder, limit=2, num_fewshot=None)
+    assert not templated and plain["settings"]["apply_chat_template"] is False
+    chat = run_benchmarks(
+        str(tiny_llama), ["sst2_exam"], folder, limit=2, num_fewshot=None, apply_chat_template=True
+    )
+    assert chat["settings"]["apply_chat_template"] is True and chat["tasks"]["sst2_exam"]["n"] == 2
+    assert len(templated) == 2 and "Review:" in templated[0][-1]["content"]

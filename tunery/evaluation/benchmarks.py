@@ -24,16 +24,13 @@ from tunery.layout import ADAPTER_DIR, BASE_DIR
 from tunery.models import resolve_model
 
 TaskKind = Literal["multiple_choice", "generate_until"]
-# The three models a benchmark compares, in the order of the table's columns.
-MODELS = ("base", "champion", "candidate")
+MODELS = ("base", "champion", "candidate")  # compared, in the order of the table's columns
 # Stderrs of mean metrics (acc, exact_match) are closed-form; bootstrap only serves corpus-level metrics
 # (bleu, ...), where lm-eval's default of 100,000 resamples takes minutes on CPU for no visible gain.
 BOOTSTRAP_ITERS = 1000
-# Generated answers are cut at the first newline: an exam answer is one line, and an instruct model run
-# without its chat template tends to keep writing the next "Question:" after it.
-GENERATION_UNTIL = ["\n"]
-# A token is at least one character for the tokenizers in use, so the longest reference answer in
-# characters bounds the tokens a correct answer needs; the floor leaves room for a short preamble.
+GENERATION_UNTIL = ["\n"]  # an exam answer is one line; a model may go on with the next "Question:"
+# A token is at least one character, so the longest reference answer in characters bounds the tokens a
+# correct answer needs; the floor leaves room for a short preamble.
 MIN_GEN_TOKENS, MAX_GEN_TOKENS = 16, 256
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -225,6 +222,7 @@ def run_benchmarks(
     max_length: int | None = None,
     device: str = "cpu",
     dtype: str | None = None,
+    apply_chat_template: bool = False,
 ) -> dict:
     """Run lm-eval tasks on one local model, offline, with fixed seeds.
 
@@ -245,6 +243,8 @@ def run_benchmarks(
         max_length: the model's context in tokens (default: the model config's).
         device: ``cpu``, ``cuda``, ``cuda:0``...
         dtype: weights' dtype; default ``float32`` on CPU, the model config's elsewhere.
+        apply_chat_template: wrap each question (and shot) in the tokenizer's chat template, as a chat-tuned
+            model saw its training prompts; lm-eval's tasks are written for plain prompts (the default).
 
     Returns:
         ``{"tasks": {task: {metric: value, metric + "_stderr": value or None, "n": questions scored}},
@@ -279,6 +279,7 @@ def run_benchmarks(
                 limit=limit,
                 bootstrap_iters=BOOTSTRAP_ITERS,
                 log_samples=False,
+                apply_chat_template=apply_chat_template,
                 **seeds,
             )
         except ConnectionError as e:  # offline: a named task's data set is not in the datasets cache
@@ -287,6 +288,7 @@ def run_benchmarks(
     settings = dict(lm_eval_version=lm_eval.__version__, tasks=list(tasks), limit=limit, seed=seed)
     settings |= dict(num_fewshot=num_fewshot, n_shot=dict(raw.get("n-shot", {})), batch_size=batch_size)
     settings |= dict(device=device, max_length=max_length, dtype=dtype, model_args=model_args)
+    settings |= dict(apply_chat_template=apply_chat_template)
     return {**_scores(raw), "settings": settings}
 
 
@@ -301,8 +303,7 @@ def hf_model_args(model_path: str) -> dict[str, str]:
         adapter = folder
         source = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
         named = source.get("base_model_name_or_path") or ""
-        base = Path(resolve_model(named)) if named else None
-        if base is None or not base.is_dir():
+        if not named or not (base := Path(resolve_model(named))).is_dir():
             raise BenchmarkError(f"{folder}: the adapter's base model {named!r} is not a local folder")
     else:
         return {"pretrained": str(folder)}
