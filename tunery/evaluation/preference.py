@@ -30,7 +30,7 @@ import pandas as pd
 from tunery.config import Recipe
 from tunery.evaluation.gate_figures import baseline_floor, guard_figures
 from tunery.evaluation.metrics import bootstrap_delta
-from tunery.evaluation.signoff import model_megabytes
+from tunery.evaluation.signoff import size_figure
 from tunery.layout import RunLayout
 
 # Logits held at once while scoring (rows x tokens x vocabulary floats): 2^27 is 512 MB.
@@ -227,13 +227,7 @@ def evaluate_preference(
     # the untuned model is its own reference (no reward): its floor is on preference accuracy
     floor_metric = primary if primary in untuned_fns else "preference_accuracy"
     floor = baseline_floor(tuned_fns, {"untuned": untuned_fns}, floor_metric, n)
-    costs = {
-        "model_mb": {
-            "candidate": model_megabytes(layout.model_dir),
-            "champion": model_megabytes(champion_dir) if champion_dir is not None else None,
-            "lower_is_better": True,
-        }
-    }
+    costs = {"model_mb": size_figure(layout.model_dir, champion_dir)}
     per_set = {"test": (tuned_fns, champion_fns if champion_dir is not None else None, n)}
     return {
         "model": _values(tuned_fns, n),

@@ -33,6 +33,12 @@ def model_megabytes(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
 
 
+def size_figure(model_dir: Path, champion_dir: Path | None) -> dict:
+    """``model_mb`` of the candidate's folder and of the champion's (None without its folder)."""
+    champion = model_megabytes(champion_dir) if champion_dir is not None else None
+    return {"candidate": model_megabytes(model_dir), "champion": champion, "lower_is_better": True}
+
+
 def needs_champion_folder(recipe: Recipe) -> bool:
     """Whether evaluation needs the champion's model folder: for its size or its latency (measured like the
     candidate's) when a guard asks, and for the benchmark suites. Only then is it downloaded."""
@@ -71,11 +77,7 @@ def classification_costs(
     champion = timed(champion_dir) if champion_dir is not None else None
     return {
         "latency_p95_ms": {**latency_figure(candidate, champion), "lower_is_better": True},
-        "model_mb": {
-            "candidate": model_megabytes(model_dir),
-            "champion": model_megabytes(champion_dir) if champion_dir is not None else None,
-            "lower_is_better": True,
-        },
+        "model_mb": size_figure(model_dir, champion_dir),
     }
 
 
@@ -296,13 +298,7 @@ def sft_signoff(
             models["champion"] = str(champion_dir)
         step(f"benchmarks (lm-eval) on {', '.join(models)}")
         benchmarks = run_benchmark_suites(recipe, layout, models)
-    costs = {
-        "model_mb": {
-            "candidate": model_megabytes(layout.model_dir),
-            "champion": model_megabytes(champion_dir) if champion_dir is not None else None,
-            "lower_is_better": True,
-        }
-    }
+    costs = {"model_mb": size_figure(layout.model_dir, champion_dir)}
     guards = guard_figures(
         recipe.evaluation.gate.guards,
         per_set,
