@@ -27,8 +27,13 @@ SCRIPT = textwrap.dedent(
     from tunery import pipeline
     from tunery.config import load_recipe, resolve_paths
 
+    import mlflow
     seen = []
     recipe = resolve_paths(load_recipe(sys.argv[1]), Path.cwd())
+    # a notebook that set another experiment of the same store before: registering must not trip on it
+    Path(recipe.workdir).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(f"sqlite:///{recipe.workdir}/mlflow.db")
+    mlflow.set_experiment("a-notebook-experiment")
     result = pipeline.run(recipe, progress=lambda stage, message: seen.append(stage))
     prefect = sorted(m for m in sys.modules if m.split(".")[0] == "prefect")
     print("RESULT " + json.dumps({
@@ -80,6 +85,7 @@ def test_pipeline_runs_every_stage_in_order_without_prefect(pipeline_run):
 
 
 def test_pipeline_registers_a_champion_like_the_flow(pipeline_run):
+    """Even though the calling process had made another experiment of the same store the active one."""
     assert pipeline_run["alias"] == "champion" and pipeline_run["version"] == "1"
     assert pipeline_run["model_uri"] == "models:/sms-plain@champion"
     mlflow.set_tracking_uri(f"sqlite:///{pipeline_run['db']}")

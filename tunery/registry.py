@@ -238,7 +238,10 @@ def register(recipe: Recipe, layout: RunLayout, run_id: str) -> Registration:
     python_model, example, _ = _pyfunc(recipe, layout)
     signature = pyfunc_signature(recipe, layout)
     name = recipe.mlflow.registered_model
-    client(recipe)
+    run_experiment = client(recipe).get_run(run_id).info.experiment_id
+    # MLflow refuses to resume a run while another experiment is active in this process (a notebook's or
+    # an earlier set_experiment): make the run's own experiment the active one first
+    mlflow.set_experiment(experiment_id=run_experiment)
     with mlflow.start_run(run_id=run_id):
         _log_run_outputs(layout, metrics)
         info = mlflow.pyfunc.log_model(

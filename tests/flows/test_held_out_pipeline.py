@@ -38,10 +38,13 @@ class AlwaysNegative(mlflow.pyfunc.PythonModel):
 
 def _plant_champion(tracking_uri: str, name: str, experiment: str) -> None:
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)  # the recipe's: the run tunery opens next must match the active one
-    with mlflow.start_run():
+    mlf = mlflow.MlflowClient()
+    found = mlf.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlf.create_experiment(experiment)
+    # experiment_id= rather than set_experiment: no active experiment leaks into later tests of this worker
+    with mlflow.start_run(experiment_id=experiment_id):
         mlflow.pyfunc.log_model(name="model", python_model=AlwaysNegative(), registered_model_name=name)
-    mlflow.MlflowClient().set_registered_model_alias(name, "champion", "1")
+    mlf.set_registered_model_alias(name, "champion", "1")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,9 @@ def test_a_planted_regression_on_a_guard_blocks_promotion_though_the_primary_met
     recall = figures["recall:negative"]
     assert recall["champion"] == 1.0 and recall["candidate"] < 1.0 and recall["ci_high"] <= 0
     assert registration.alias == "challenger"
-    assert "blocked by guard recall:negative" in registration.reason
+    # the primary passed, so the reason lists what blocked it: the guard (and the floor too if it failed)
+    primary_text, blocked = registration.reason.split(", but blocked by ", 1)
+    assert primary_text.startswith("macro_f1") and "guard recall:negative" in blocked
     assert registration.reason.endswith("not promoted")
     tags = client(sst2_run["recipe"]).get_model_version("sst2-held-out", registration.version).tags
     assert tags["tunery.gate.decision"] == "challenger"

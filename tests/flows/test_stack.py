@@ -329,8 +329,14 @@ def _keep_screenshot(path: Path) -> None:
         shutil.copy(path, DOCS / path.name)
 
 
-# The plots of the finished run's summary artifact (tunery.evaluation.artifacts), by their alt text.
-SUMMARY_PLOTS = {"Confusion matrix", "ROC curves", "Reliability diagram", "Training curves"}
+# The plots of the finished run's summary artifact (tunery.evaluation.artifacts), by their alt text: the
+# evaluation's four, then one per sensitivity slice (length bucket, label, source file, perturbation).
+SUMMARY_PLOTS = {"Confusion matrix", "ROC curves", "Reliability diagram", "Training curves"} | {
+    "Length",
+    "Label",
+    "Source",
+    "Perturbation",
+}
 # Scroll an element to the top of the page's scrolling pane (not the document: the UI scrolls a pane).
 SCROLL_TO_TOP = """e => {
     e.scrollIntoView({block: 'start'});
