@@ -24,7 +24,9 @@ os.environ.pop("PREFECT_API_URL", None)
 # OMP_NUM_THREADS, and the training jobs it launches, through tunery's TUNERY_MAX_CPU_THREADS cap) gets its
 # share, so that two workers' OpenMP threads do not spin against each other on more threads than cores.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    from tunery.ops.cpus import usable_cpus  # a CI container's CPU quota, not the host's CPU count
+
+    _share = max(1, usable_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = os.environ["TUNERY_MAX_CPU_THREADS"] = str(_share)
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 

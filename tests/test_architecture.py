@@ -28,7 +28,7 @@ ALLOWED = {
     "demo": set(),
     "data": {"config", "layout", "models", "ops", "plotting"},
     "training": {"config", "layout", "models", "ops", "tracking", "data"},
-    "serving": {"config", "layout", "data", "tracking", "training"},
+    "serving": {"config", "layout", "data", "ops", "tracking", "training"},
     "evaluation": {"config", "layout", "models", "plotting", "serving", "training", "data"},
     "registry": {"config", "evaluation", "layout", "serving", "tracking", "training"},
     "continual": {"config", "layout", "models", "data", "registry", "plotting", "ops"},

@@ -411,6 +411,9 @@ def stack_status(root: StackDirOpt = DEFAULT_STACK_DIR) -> None:
 
 
 def main() -> None:
+    from tunery.ops.cpus import fit_openmp_to_quota
+
+    fit_openmp_to_quota()  # a container's CPU limit, not the host's CPU count, sizes torch's threads
     app(prog_name="tunery")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from tunery.data import text as tx
 from tunery.data.ingest import DROPPED_TURNS
 from tunery.data.near_dup import near_duplicate_clusters
 from tunery.data.normalise import normalise_many
+from tunery.ops.cpus import usable_cpus
 
 # Zero-width and BOM characters that NFKC keeps but that only confuse tokenizers.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
@@ -245,9 +245,10 @@ def _clean_pairs(
 
 
 def process_count(rows: pd.DataFrame, cfg: CleaningConfig) -> int:
-    """Processes used to clean ``rows``: the recipe's ``num_proc``, else all cores for heavy inputs only."""
+    """Processes used to clean ``rows``: the recipe's ``num_proc``, else every usable CPU (affinity and cgroup
+    quota, :func:`tunery.ops.cpus.usable_cpus`) for heavy inputs only."""
     heavy = len(rows) >= PARALLEL_MIN_ROWS and int(rows["text"].str.len().sum()) >= PARALLEL_MIN_CHARS
-    return cfg.num_proc or ((os.cpu_count() or 1) if heavy else 1)
+    return cfg.num_proc or (usable_cpus() if heavy else 1)
 
 
 def clean_texts(

@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rows", type=int, default=MAX_ROWS)
     parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S)
     args = parser.parse_args(argv)
+    from tunery.ops.cpus import fit_openmp_to_quota
 
+    fit_openmp_to_quota()  # before torch: a container's CPU limit, not the host's count, sizes its threads
     import mlflow
     import uvicorn
 

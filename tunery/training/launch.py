@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tunery.config import Recipe
 from tunery.layout import COMPLETE_MARKER, RunLayout
+from tunery.ops.cpus import usable_cpus
 from tunery.ops.process import free_port, stop_group
 from tunery.tracking import redact_value
 
@@ -143,13 +144,14 @@ THREAD_CAP = "TUNERY_MAX_CPU_THREADS"  # caps each rank's torch CPU threads (a m
 
 
 def threads_per_process(recipe: Recipe) -> int:
-    """torch CPU threads of each rank: ``training.num_threads``, else the machine's cores shared by the
-    ranks, capped by ``TUNERY_MAX_CPU_THREADS`` where the caller set it (a machine shared with other jobs:
-    more threads than cores make OpenMP spin against itself). An inherited ``OMP_NUM_THREADS`` is not
+    """torch CPU threads of each rank: ``training.num_threads``, else the CPUs this process may use (its
+    affinity mask and cgroup quota, :func:`tunery.ops.cpus.usable_cpus`) shared by the ranks, capped by
+    ``TUNERY_MAX_CPU_THREADS`` where the caller set it (a machine shared with other jobs: more threads than
+    cores make OpenMP spin against itself). An inherited ``OMP_NUM_THREADS`` is not
     taken: images often preset it to 1, which would quietly slow every job."""
     if recipe.training.num_threads:
         return recipe.training.num_threads
-    share = max(1, (os.cpu_count() or 1) // recipe.distributed.num_processes)
+    share = max(1, usable_cpus() // recipe.distributed.num_processes)
     cap = os.environ.get(THREAD_CAP, "").strip()
     try:
         return max(1, min(share, int(cap))) if cap else share
