@@ -14,7 +14,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from tasks.retry import retry_unless_bad_input
-from tunery import registry, tracking
+from tunery import pipeline, registry, tracking
 from tunery.config import Recipe
 from tunery.continual import continuous, drift, drops
 from tunery.data.report import markdown as data_markdown
@@ -136,7 +136,8 @@ def materialise_dataset(
 ) -> dict:
     """Write the version's splits, data report, drift files and lineage into the run; log them to MLflow."""
     layout = RunLayout(Path(run_dir))
-    paths = continuous.materialise(recipe, layout, version, drift_dir)
+    with pipeline.metered(layout, "materialise-dataset"):
+        paths = continuous.materialise(recipe, layout, version, drift_dir)
     data_report = json.loads(layout.data_report.read_text(encoding="utf-8"))
     tracking.MlflowLogger(recipe, run_id).log_metrics(tracking.data_metrics(data_report))
     tracking.log_files(
@@ -168,9 +169,10 @@ def warm_start(recipe: Recipe, run_dir: str) -> Recipe:
 def check_forgetting(recipe: Recipe, run_dir: str) -> dict:
     """Compare the model with the champion on each earlier drop's test rows (the gate reads the result)."""
     layout = RunLayout(Path(run_dir))
-    # sft scores the champion's own weights (perplexity, replies); classification its stored predictions
-    champion_dir = registry.evaluated_champion_dir(recipe, layout) if recipe.task == "sft" else None
-    result = forgetting.forgetting_check(recipe, layout, champion_dir)
+    with pipeline.metered(layout, "check-forgetting"):
+        # sft scores the champion's own weights (perplexity, replies); classification its stored predictions
+        champion_dir = registry.evaluated_champion_dir(recipe, layout) if recipe.task == "sft" else None
+        result = forgetting.forgetting_check(recipe, layout, champion_dir)
     logger = get_run_logger()
     for drop_id, block in result["slices"].items():
         logger.info("drop %s: %s", drop_id, forgetting.describe(result["metric"], block))

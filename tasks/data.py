@@ -67,7 +67,9 @@ def _data_stage(name: str, retries: int, retry_delay_seconds: int | list[int], t
 @_data_stage("ingest", retries=3, retry_delay_seconds=[2, 10, 30], timeout_hours=2)
 def ingest_data(recipe: Recipe, run_dir: str) -> str:
     """Read the data source (files may be remote: transient errors are retried with backoff)."""
-    path = stages.ingest_stage(recipe, RunLayout(Path(run_dir)))
+    layout = RunLayout(Path(run_dir))
+    with pipeline.metered(layout, "ingest"):
+        path = stages.ingest_stage(recipe, layout)
     _remember(recipe, "ingest", [str(path)])
     source = tracking.redact(recipe.data.source)  # an fsspec URI may carry user:password@
     get_run_logger().info("ingested %s from %s", path.name, source, extra={STAGE: "ingest"})
@@ -78,7 +80,8 @@ def ingest_data(recipe: Recipe, run_dir: str) -> str:
 def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
     """Clean and deduplicate; every row not kept is written to the quarantine file with a reason."""
     layout = RunLayout(Path(run_dir))
-    path = stages.clean_stage(recipe, layout, Path(ingested))
+    with pipeline.metered(layout, "clean"):
+        path = stages.clean_stage(recipe, layout, Path(ingested))
     _remember(recipe, "clean", [str(path), str(layout.quarantine), str(layout.data_report)])
     get_run_logger().info(pipeline.clean_summary(layout), extra={STAGE: "clean"})
     return str(path)
@@ -88,7 +91,8 @@ def clean_data(recipe: Recipe, run_dir: str, ingested: str) -> str:
 def split_data(recipe: Recipe, run_dir: str, cleaned: str) -> dict[str, str]:
     """Hash-bucket train/validation/test split with a leakage check."""
     layout = RunLayout(Path(run_dir))
-    paths = stages.split_stage(recipe, layout, Path(cleaned))
+    with pipeline.metered(layout, "split"):
+        paths = stages.split_stage(recipe, layout, Path(cleaned))
     _remember(recipe, "split", [*paths.values(), str(layout.data_report)])
     return paths
 
@@ -101,10 +105,11 @@ def publish_data(
     to MLflow and publish the report as a Prefect artifact. Returns this run's split paths."""
     layout = RunLayout(Path(run_dir))
     logger = get_run_logger()
-    taken = stages.adopt_data(layout, [Path(ingested), Path(cleaned), *map(Path, splits.values())])
+    with pipeline.metered(layout, "publish-data"):
+        taken = stages.adopt_data(layout, [Path(ingested), Path(cleaned), *map(Path, splits.values())])
+        data_report = pipeline.publish_data(recipe, layout, run_id)
     if taken:
         logger.info("reused %d data file(s) of earlier runs (cached stages): %s", len(taken), taken)
-    data_report = pipeline.publish_data(recipe, layout, run_id)
     paths = {name: str(layout.split(name)) for name in splits}
     create_markdown_artifact(
         key="data-report",

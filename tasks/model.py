@@ -15,6 +15,7 @@ from tunery import pipeline, registry, tracking
 from tunery.config import Recipe
 from tunery.evaluation import artifacts, report
 from tunery.layout import RunLayout
+from tunery.ops import usage
 from tunery.ops.console import STAGE
 
 
@@ -64,9 +65,10 @@ def train_model(recipe: Recipe, run_dir: str, run_id: str, splits: dict[str, str
     logger.info("waiting for training slot %r", slot)
     with concurrency(slot, occupy=1, timeout_seconds=None, strict=False):
         logger.info("holding training slot %r", slot)
-        model_dir = pipeline.train(
-            recipe, layout, run_id, logger.info, lambda stage, message: logger.warning(message)
-        )
+        with pipeline.metered(layout, "train"):  # from the slot on: waiting in line costs nothing
+            model_dir = pipeline.train(
+                recipe, layout, run_id, logger.info, lambda stage, message: logger.warning(message)
+            )
     logger.info(pipeline.train_summary(layout), extra={STAGE: "train"})
     return str(model_dir)
 
@@ -89,9 +91,10 @@ def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
     judge_key_from_secret(recipe)
     logger = get_run_logger()
     layout = RunLayout(Path(run_dir))
-    metrics = pipeline.evaluate(
-        recipe, layout, lambda stage, message: logger.info(message, extra={STAGE: stage})
-    )
+    with pipeline.metered(layout, "evaluate"):
+        metrics = pipeline.evaluate(
+            recipe, layout, lambda stage, message: logger.info(message, extra={STAGE: stage})
+        )
     logger.info("test %s", report.metric_line(metrics), extra={STAGE: "evaluate"})
     return str(layout.metrics)
 
@@ -100,7 +103,8 @@ def evaluate_model(recipe: Recipe, run_dir: str, model_dir: str) -> str:
 def register_model(recipe: Recipe, run_dir: str, run_id: str, metrics_path: str) -> dict:
     """Log the model, register a new version and alias it champion or challenger by the gate."""
     layout = RunLayout(Path(run_dir))
-    result = registry.register(recipe, layout, run_id)
+    with pipeline.metered(layout, "register"):
+        result = registry.register(recipe, layout, run_id)
     markdown = artifacts.summary_markdown(
         layout, result, tracking.redact(tracking.tracking_uri(recipe)), tracking.experiment_id(recipe)
     )
@@ -121,5 +125,8 @@ def register_model(recipe: Recipe, run_dir: str, run_id: str, metrics_path: str)
 
 @task(name="close-run", retries=2, retry_delay_seconds=5)
 def close_run(recipe: Recipe, run_id: str, status: str) -> None:
-    """Mark the MLflow run FINISHED or FAILED."""
-    tracking.end_run(recipe, run_id, status)
+    """Log the run's cost (metrics, ``cost.json``, version tags), then mark it FINISHED or FAILED."""
+    cost = tracking.end_run(recipe, run_id, status)
+    if cost:
+        create_markdown_artifact(key="run-cost", markdown=usage.markdown(cost), description="tunery run cost")
+        get_run_logger().info("cost: %s", usage.text(cost), extra={STAGE: "close"})

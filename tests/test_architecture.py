@@ -23,7 +23,7 @@ ALLOWED = {
     "plotting": set(),
     "reference": {"config"},
     "models": {"layout"},
-    "tracking": {"config", "ops"},
+    "tracking": {"config", "layout", "ops"},
     "ops": set(),
     "demo": set(),
     "data": {"config", "layout", "models", "ops", "plotting"},
@@ -32,7 +32,7 @@ ALLOWED = {
     "evaluation": {"config", "layout", "models", "plotting", "serving", "training", "data"},
     "registry": {"config", "evaluation", "layout", "serving", "tracking", "training"},
     "continual": {"config", "layout", "models", "data", "registry", "plotting", "ops"},
-    "pipeline": {"config", "layout", "data", "training", "evaluation", "registry", "tracking"},
+    "pipeline": {"config", "layout", "data", "ops", "training", "evaluation", "registry", "tracking"},
 }
 
 

@@ -65,6 +65,7 @@ def pipeline_run(shared_data, tmp_path_factory):
             model: {{base: minilm, max_length: 64}}
             training: {{epochs: 1, batch_size: 16, learning_rate: 1.0e-4}}
             evaluation: {{gate: {{baseline_floor: false}}}}
+            cost: {{cpu_hour: 0.36, currency: EUR}}
             mlflow: {{experiment: sms-plain, registered_model: sms-plain}}
             workdir: {folder / "work"}
             """
@@ -81,7 +82,7 @@ def pipeline_run(shared_data, tmp_path_factory):
 def test_pipeline_runs_every_stage_in_order_without_prefect(pipeline_run):
     assert pipeline_run["prefect"] == []
     stages = list(dict.fromkeys(pipeline_run["stages"]))  # evaluate reports several steps
-    assert stages == ["open", "ingest", "clean", "split", "train", "evaluate", "register"]
+    assert stages == ["open", "ingest", "clean", "split", "train", "evaluate", "register", "close"]
 
 
 def test_pipeline_registers_a_champion_like_the_flow(pipeline_run):
@@ -104,6 +105,37 @@ def test_pipeline_registers_a_champion_like_the_flow(pipeline_run):
         assert signature.outputs.input_names() == ["label", "prob_ham", "prob_spam", "error"]
         out = model.predict(pd.DataFrame({"text": ["WINNER!! Claim your FREE prize now, call 09061701461"]}))
         assert list(out.columns) == ["label", "prob_ham", "prob_spam", "error"]
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_every_stage_and_the_training_process_are_costed_in_mlflow(pipeline_run):
+    from tunery.ops import usage
+
+    records = usage.read(RunLayout(Path(pipeline_run["run_dir"])).usage)
+    stages = {r["stage"] for r in records if r["process"] == "orchestrator"}
+    assert stages == {"open", "ingest", "clean", "split", "publish-data", "train", "evaluate", "register"}
+    (rank0,) = [r for r in records if r["process"] == "rank0"]
+    assert rank0["stage"] == "train" and rank0["pid"] != records[0]["pid"]  # the training job's own process
+    assert rank0["cpu_s"] > 1.0 and rank0["peak_rss_mb"] > 100  # it loaded and trained MiniLM
+    (train,) = [r for r in records if r["stage"] == "train" and r["process"] == "orchestrator"]
+    assert train["wall_s"] >= rank0["wall_s"]  # the job ran inside the stage
+    cpu = sum(r["cpu_s"] for r in records)
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline_run['db']}")
+    try:
+        mlf = mlflow.MlflowClient()
+        logged = mlf.get_run(pipeline_run["run_id"]).data.metrics
+        assert logged["cost_cpu_s"] == pytest.approx(cpu, abs=1e-6)
+        assert logged["cost_train_cpu_s"] >= rank0["cpu_s"] and logged["cost_gpu_s"] == 0.0
+        assert logged["cost_money"] == pytest.approx(cpu / 3600 * 0.36)  # the recipe's rate per CPU-hour
+        assert logged["cost_energy_kwh"] == pytest.approx(cpu * 10.0 / 3.6e6)  # 10 W per busy CPU
+        assert logged["cost_peak_rss_mb"] >= rank0["peak_rss_mb"]
+        tags = mlf.get_model_version("sms-plain", "1").tags
+        money, currency = tags["tunery.cost.money"].split()
+        assert float(money) == pytest.approx(cpu / 3600 * 0.36, abs=1e-6) and currency == "EUR"
+        assert tags["tunery.cost"].startswith("wall ") and tags["tunery.cost"].endswith(" EUR")
+        saved = mlflow.artifacts.load_dict(f"runs:/{pipeline_run['run_id']}/cost.json")
+        assert set(saved["stages"]) == stages and saved["currency"] == "EUR"
     finally:
         mlflow.set_tracking_uri(None)
 

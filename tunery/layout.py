@@ -117,6 +117,11 @@ class RunLayout:
         return self.eval_dir / "metrics.json"
 
     @property
+    def usage(self) -> Path:
+        """``usage.jsonl``: a line per finished stage attempt and training rank (:mod:`tunery.ops.usage`)."""
+        return self.root / "usage.jsonl"
+
+    @property
     def start_dir(self) -> Path:
         """The registered model training starts from, downloaded (``model.init_from: NAME@champion``)."""
         return self.root / "start"

@@ -20,6 +20,7 @@ from tunery import registry, tracking
 from tunery.config import Recipe
 from tunery.data import preflight, stages
 from tunery.layout import RunLayout
+from tunery.ops import usage
 
 # One line of progress for a person: (stage, message). The CLI shows it; the tasks log it.
 Progress = Callable[[str, str], None]
@@ -49,9 +50,18 @@ def open_run(recipe: Recipe) -> tuple[RunLayout, str]:
     Raises:
         tunery.models.ModelError: the base model cannot be used (before any folder or run exists).
     """
+    started = usage.Meter()
     preflight.check_model(recipe)  # a bad base or max_length fails here, not in training after the data
     layout = RunLayout.create(recipe.workdir, recipe.name)
-    return layout, tracking.start_run(recipe, layout.root)
+    run_id = tracking.start_run(recipe, layout.root)
+    started.record(layout.usage, "open")
+    return layout, run_id
+
+
+def metered(layout: RunLayout, stage: str):
+    """A context around one stage that appends its wall time, CPU time and peak memory to the run's
+    ``usage.jsonl`` (:mod:`tunery.ops.usage`); ``tracking.end_run`` prices the lines and logs the cost."""
+    return usage.meter(layout.usage, stage)
 
 
 def clean_summary(layout: RunLayout) -> str:
@@ -174,25 +184,34 @@ def run(
     layout, run_id = open_run(recipe)
     progress("open", f"run folder {layout.root}, MLflow run {run_id}")
     try:
-        stages.ingest_stage(recipe, layout)
+        with metered(layout, "ingest"):
+            stages.ingest_stage(recipe, layout)
         progress("ingest", f"ingested {layout.ingested.name} from {tracking.redact(str(recipe.data.source))}")
-        stages.clean_stage(recipe, layout)
+        with metered(layout, "clean"):
+            stages.clean_stage(recipe, layout)
         progress("clean", clean_summary(layout))
-        stages.split_stage(recipe, layout)
+        with metered(layout, "split"):
+            stages.split_stage(recipe, layout)
         progress("split", split_summary(layout))
-        report = publish_data(recipe, layout, run_id)
+        with metered(layout, "publish-data"):
+            report = publish_data(recipe, layout, run_id)
         for warning in report["warnings"]:
             progress("data", f"warning: {warning}")
-        train(recipe, layout, run_id, on_line or (lambda line: None), progress)
+        with metered(layout, "train"):
+            train(recipe, layout, run_id, on_line or (lambda line: None), progress)
         progress("train", train_summary(layout))
-        metrics = evaluate(recipe, layout, progress)
+        with metered(layout, "evaluate"):
+            metrics = evaluate(recipe, layout, progress)
         progress("evaluate", f"test {metric_line(metrics)}")
-        registration = registry.register(recipe, layout, run_id)
+        with metered(layout, "register"):
+            registration = registry.register(recipe, layout, run_id)
         progress(
             "register", f"{registration.model_name} version {registration.version} -> {registration.alias}"
         )
     except BaseException:
         tracking.end_run(recipe, run_id, "FAILED")
         raise
-    tracking.end_run(recipe, run_id, "FINISHED")
+    cost = tracking.end_run(recipe, run_id, "FINISHED")
+    if cost:
+        progress("close", f"cost: {usage.text(cost)}")
     return RunResult(layout.root, run_id, registration, metrics)

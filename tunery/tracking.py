@@ -296,9 +296,66 @@ def log_split_inputs(recipe: Recipe, run_id: str, splits: dict[str, str], report
     client(recipe).log_inputs(run_id, datasets=inputs)
 
 
-def end_run(recipe: Recipe, run_id: str, status: str = "FINISHED") -> None:
-    """Close the pipeline's MLflow run (status FINISHED or FAILED)."""
-    client(recipe).set_terminated(run_id, status=status)
+def end_run(recipe: Recipe, run_id: str, status: str = "FINISHED") -> dict | None:
+    """Log the run's cost (:func:`log_cost`), then close its MLflow run (status FINISHED or FAILED).
+
+    Returns:
+        The cost summary, or None when the run has no usage records.
+    """
+    mlf = client(recipe)
+    try:
+        cost = log_cost(recipe, run_id)
+    except Exception as error:  # noqa: BLE001 - pricing a run must never keep it open; the tag says why
+        mlf.set_tag(run_id, "tunery.cost.error", redact(f"{type(error).__name__}: {error}")[:4000])
+        cost = None
+    mlf.set_terminated(run_id, status=status)
+    return cost
+
+
+COST_ARTIFACT = "cost.json"
+
+
+def log_cost(recipe: Recipe, run_id: str) -> dict | None:
+    """Price the run's ``usage.jsonl`` with the recipe's rates and record it: ``cost_*`` metrics and a
+    ``cost.json`` artifact on the run, and ``tunery.cost*`` tags on every model version registered from it
+    (``tunery lineage`` shows them).
+
+    Returns:
+        The summary (:func:`tunery.ops.usage.summarise`), or None when the run folder has no usage yet.
+    """
+    import time
+
+    from mlflow.entities import Metric
+
+    from tunery.layout import RunLayout
+    from tunery.ops import usage
+
+    mlf = client(recipe)
+    run_dir = mlf.get_run(run_id).data.tags.get("tunery.run_dir")
+    records = usage.read(RunLayout(Path(run_dir)).usage) if run_dir else []
+    if not records:
+        return None
+    c = recipe.cost
+    summary = usage.summarise(
+        records, usage.Rates(c.cpu_hour, c.gpu_hour, c.currency, c.cpu_watts, c.gpu_watts)
+    )
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in usage.metrics(summary).items()]
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1,000 metrics per batch
+        mlf.log_batch(run_id, metrics=metrics[start : start + 1000])
+    mlf.log_dict(run_id, summary, COST_ARTIFACT)
+    total = summary["total"]
+    tags = {
+        "tunery.cost": usage.text(summary),
+        "tunery.cost.money": f"{total['money']:.6f} {summary['currency']}",
+        "tunery.cost.cpu_s": f"{total['cpu_s']:.1f}",
+        "tunery.cost.gpu_s": f"{total['gpu_s']:.1f}",
+    }
+    mlf.set_tag(run_id, "tunery.cost", tags["tunery.cost"])
+    for version in mlf.search_model_versions(f"run_id = '{run_id}'"):
+        for key, value in tags.items():
+            mlf.set_model_version_tag(version.name, version.version, key, value)
+    return summary
 
 
 class MetricLogger(Protocol):

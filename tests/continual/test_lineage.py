@@ -67,3 +67,11 @@ def test_lineage_text_names_the_parent_of_a_version_trained_from_a_registered_mo
         "trained from assistant-sft version 3 (run r0)",
     ]
     assert "no drops" in text and "sha256" not in text
+
+
+def test_lineage_text_shows_what_the_versions_run_cost():
+    info = {"model": "sms", "version": "4", "aliases": [], "run_id": "r4", "parent": None}
+    info |= {"dataset_version": None, "drops": [], "new_drops": []}
+    assert "cost" not in lineage_text(info)  # a version registered before tunery measured costs
+    info["cost"] = "wall 84.2 s, CPU 131.0 s, GPU 0.0 s, peak 1,830 MB, 0.00036 kWh, 0.0018 USD"
+    assert lineage_text(info).splitlines()[1] == f"cost of its run: {info['cost']}"

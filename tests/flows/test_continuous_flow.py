@@ -90,6 +90,7 @@ def test_first_drop_trains_the_first_champion_with_its_lineage(first, scenario, 
     assert result["dataset_version"] == 1 and result["committed"] == [found["new"][0]["id"]]
     info = lineage("sms-drops@champion", mlflow_server)
     assert info["version"] == result["version"] and info["dataset_version"] == 1
+    assert info["cost"].startswith("wall ") and " CPU " in info["cost"]  # its run's cost, by close-run
     assert [(d["id"], d["sha256"]) for d in info["drops"]] == [
         (found["new"][0]["id"], found["new"][0]["sha256"])
     ]

@@ -133,7 +133,7 @@ def test_data_report_reaches_mlflow_and_prefect(first_run, spam_recipe, mlflow_s
     logged = {Path(f.path).name for f in mlf.list_artifacts(first_run["run_id"], "data")}
     assert {"report.json", "quarantine.jsonl", "lengths.png", "labels.png"} <= logged
 
-    wanted = ["data-report", "finetune-summary", "finetune-metrics"]
+    wanted = ["data-report", "finetune-summary", "finetune-metrics", "run-cost"]
     by_key: dict = {}
     deadline = time.monotonic() + 15  # artifacts are written by the tasks; allow the API a moment
     while set(by_key) != set(wanted) and time.monotonic() < deadline:
@@ -153,6 +153,20 @@ def test_data_report_reaches_mlflow_and_prefect(first_run, spam_recipe, mlflow_s
     assert f"{mlflow_server}/#/experiments/" in by_key["finetune-summary"].data
     assert f"/runs/{first_run['run_id']})" in by_key["finetune-summary"].data
     assert f"#/models/sms-spam/versions/{first_run['version']})" in by_key["finetune-summary"].data
+    # every task of the flow is costed, the training job's own process included (close-run prices them)
+    cost_rows = [line.split("|")[1].strip() for line in by_key["run-cost"].data.splitlines() if "|" in line]
+    assert cost_rows[2:] == [
+        "open",
+        "ingest",
+        "clean",
+        "split",
+        "publish-data",
+        "train",
+        "evaluate",
+        "register",
+        "**total**",
+    ]
+    assert metrics["cost_train_cpu_s"] > metrics["cost_open_cpu_s"] > 0 and metrics["cost_wall_s"] > 0
     table = by_key["finetune-metrics"].data
     table = jsonlib.loads(table) if isinstance(table, str) else table
     models = [row["model"] for row in table]

@@ -138,4 +138,5 @@ def test_a_planted_regression_on_a_guard_blocks_promotion_though_the_primary_met
     floor = metrics["baseline_floor"]
     beats = floor["delta"] > 0 and floor["ci_low"] > 0
     assert tags["tunery.gate.condition.baseline_floor"].startswith("pass" if beats else "fail")
-    assert str(client(sst2_run["recipe"]).get_model_version_by_alias("sst2-held-out", "champion").version) == "1"
+    champion = client(sst2_run["recipe"]).get_model_version_by_alias("sst2-held-out", "champion")
+    assert str(champion.version) == "1"

@@ -25,6 +25,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tunery.config.base import Section
+from tunery.config.cost import CostConfig
 from tunery.config.data import (
     CleaningConfig,
     ConversationConfig,
@@ -50,6 +51,7 @@ from tunery.config.evaluation import (
 
 # the sections live in submodules; `from tunery.config import DataConfig` is their public address
 __all__ = [
+    "CostConfig",
     "CLASSIFICATION_METRICS",
     "COST_GUARDS",
     "JUDGE_GUARD",
@@ -400,6 +402,7 @@ class Recipe(Section):
     sft: SftConfig = Field(default_factory=SftConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     continuous: ContinuousConfig | None = Field(
         None, description="Continuous learning from a drop zone (the `continuous-learning` flow)."
     )

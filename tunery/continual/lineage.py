@@ -33,9 +33,10 @@ def lineage(reference: str, tracking_uri: str) -> dict:
     Returns:
         ``model``, ``version``, ``aliases``, ``run_id``, ``parent`` (the version training started from:
         ``reference``, ``model``, ``version``, ``run_id``; None when it started from a base model),
-        ``dataset_version``, ``drops`` (id, sha256, name, uri, arrived_at, rows per drop) and ``new_drops``
-        (those the version's run added); no drops (``dataset_version`` None) when it was not trained by
-        continuous learning.
+        ``dataset_version``, ``drops`` (id, sha256, name, uri, arrived_at, rows per drop), ``new_drops``
+        (those the version's run added) and ``cost`` (one line: wall, CPU and GPU time, peak memory,
+        energy and money of its run; None for a version registered before tunery measured it); no drops
+        (``dataset_version`` None) when it was not trained by continuous learning.
 
     Raises:
         LineageError: unknown model/alias/version, or a version with neither drops nor a parent.
@@ -61,6 +62,7 @@ def lineage(reference: str, tracking_uri: str) -> dict:
         "aliases": list(mv.aliases or []),
         "run_id": mv.run_id,
         "parent": parent_of(tags),
+        "cost": tags.get("tunery.cost"),  # what its run cost (tunery.tracking.log_cost); None before that
     }
     if "tunery.dataset.version" not in tags:
         if found["parent"] is None:
@@ -110,6 +112,8 @@ def lineage_text(info: dict) -> str:
     """A plain-text table of a lineage, for the terminal."""
     aliases = f" ({', '.join(info['aliases'])})" if info["aliases"] else ""
     lines = [f"{info['model']} version {info['version']}{aliases}: run {info['run_id']}"]
+    if info.get("cost"):
+        lines.append(f"cost of its run: {info['cost']}")
     parent = info.get("parent")
     if parent:
         named = f"{parent['model']} version {parent['version']}" if parent.get("model") else "a run's model"

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m tunery.training.worker JOB_SPEC.json", file=sys.stderr)
         return 2
+    started = time.monotonic()
     spec = json.loads(Path(args[0]).read_text())
     # Started directly (one process, no DeepSpeed), there is no RANK: the Trainer then runs without a
     # process group and without a DDP wrapper, which a world of one does not need.
@@ -45,13 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     pid_dir.mkdir(parents=True, exist_ok=True)
     (pid_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
     logger = MlflowLogger(recipe, spec["run_id"]) if spec.get("run_id") and rank == 0 else NullLogger()
-    train(
-        recipe,
-        layout,
-        logger,
-        resume_from=spec.get("resume_from"),
-        deepspeed_config=spec.get("deepspeed_config"),
-    )
+    try:
+        train(
+            recipe,
+            layout,
+            logger,
+            resume_from=spec.get("resume_from"),
+            deepspeed_config=spec.get("deepspeed_config"),
+        )
+    finally:  # a failed attempt cost as much as it ran (a killed one leaves no record: tunery.ops.usage)
+        import torch
+
+        from tunery.ops.usage import record_process
+
+        record_process(layout.usage, "train", started, rank, gpus=1 if torch.cuda.is_available() else 0)
     return 0
 
 
