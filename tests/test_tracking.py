@@ -70,3 +70,31 @@ def test_a_run_left_running_by_a_dead_process_is_closed_at_the_next_start(tmp_pa
     assert mlf.get_run(abandoned).info.status == "KILLED"
     start_run(recipe, tmp_path / "run-c")
     assert mlf.get_run(alive).info.status == "RUNNING", "its owner (this process) is alive"
+
+
+def test_closing_a_run_prices_its_usage_and_a_pricing_error_never_keeps_it_open(tmp_path, monkeypatch):
+    from tunery.layout import RunLayout
+    from tunery.ops import usage
+    from tunery.tracking import end_run, start_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    recipe = _recipe(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlf = client(recipe)
+    bare = start_run(recipe, tmp_path / "run-bare")
+    assert end_run(recipe, bare) is None  # nothing measured (a run folder without usage.jsonl)
+    assert mlf.get_run(bare).info.status == "FINISHED"
+
+    priced = start_run(recipe, tmp_path / "run-priced")
+    with usage.meter(RunLayout(tmp_path / "run-priced").usage, "ingest"):
+        sum(range(10**6))
+    cost = end_run(recipe, priced)
+    run = mlf.get_run(priced)
+    assert run.info.status == "FINISHED" and run.data.metrics["cost_ingest_cpu_s"] == cost["total"]["cpu_s"]
+    assert run.data.tags["tunery.cost"] == usage.text(cost)
+
+    broken = start_run(recipe, tmp_path / "run-broken")
+    usage.append(RunLayout(tmp_path / "run-broken").usage, {"stage": "train", "cpu_s": "a lot"})
+    assert end_run(recipe, broken, "FAILED") is None
+    run = mlf.get_run(broken)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["tunery.cost.error"].startswith("ValueError: could not convert string to float")

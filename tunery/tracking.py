@@ -3,6 +3,7 @@ redaction of credentials in URIs (``user:***@host``) wherever tunery shows or st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -306,8 +307,9 @@ def end_run(recipe: Recipe, run_id: str, status: str = "FINISHED") -> dict | Non
     try:
         cost = log_cost(recipe, run_id)
     except Exception as error:  # noqa: BLE001 - pricing a run must never keep it open; the tag says why
-        mlf.set_tag(run_id, "tunery.cost.error", redact(f"{type(error).__name__}: {error}")[:4000])
         cost = None
+        with contextlib.suppress(Exception):  # the store is down: closing the run below reports that
+            mlf.set_tag(run_id, "tunery.cost.error", redact(f"{type(error).__name__}: {error}")[:4000])
     mlf.set_terminated(run_id, status=status)
     return cost
 
