@@ -106,7 +106,7 @@ def test_ranks_share_the_cores_and_a_thread_cap_is_kept(tiny_bert, tmp_path, mon
     two = recipe.model_copy(
         update={"distributed": recipe.distributed.model_copy(update={"num_processes": 2})}
     )
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("tunery.training.launch.usable_cpus", lambda: 8)  # the CPUs this process may use
     monkeypatch.delenv("TUNERY_MAX_CPU_THREADS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # preset by many images: not a cap, it would slow every job
     assert job_environment(two, 29500, cuda=False)["OMP_NUM_THREADS"] == "4"
