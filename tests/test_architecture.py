@@ -32,7 +32,18 @@ ALLOWED = {
     "evaluation": {"config", "layout", "models", "plotting", "serving", "training", "data"},
     "registry": {"config", "evaluation", "layout", "serving", "tracking", "training"},
     "continual": {"config", "layout", "models", "data", "registry", "plotting", "ops"},
-    "pipeline": {"config", "layout", "data", "ops", "training", "evaluation", "registry", "tracking"},
+    "search": {"config", "layout", "ops", "tracking", "training"},
+    "pipeline": {
+        "config",
+        "layout",
+        "data",
+        "ops",
+        "training",
+        "evaluation",
+        "registry",
+        "tracking",
+        "search",
+    },
 }
 
 

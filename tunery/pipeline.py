@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunery import registry, tracking
-from tunery.config import Recipe
+from tunery.config import Recipe, RecipeError
 from tunery.data import preflight, stages
 from tunery.layout import RunLayout
 from tunery.ops import usage
@@ -179,39 +179,93 @@ def run(
     Returns:
         The run's folder, MLflow run id, registration (alias and the gate's reason) and test metrics.
     """
-    from tunery.evaluation.report import metric_line
-
     layout, run_id = open_run(recipe)
     progress("open", f"run folder {layout.root}, MLflow run {run_id}")
     try:
-        with metered(layout, "ingest"):
-            stages.ingest_stage(recipe, layout)
-        progress("ingest", f"ingested {layout.ingested.name} from {tracking.redact(str(recipe.data.source))}")
-        with metered(layout, "clean"):
-            stages.clean_stage(recipe, layout)
-        progress("clean", clean_summary(layout))
-        with metered(layout, "split"):
-            stages.split_stage(recipe, layout)
-        progress("split", split_summary(layout))
-        with metered(layout, "publish-data"):
-            report = publish_data(recipe, layout, run_id)
-        for warning in report["warnings"]:
-            progress("data", f"warning: {warning}")
+        _data_stages(recipe, layout, run_id, progress)
         with metered(layout, "train"):
             train(recipe, layout, run_id, on_line or (lambda line: None), progress)
         progress("train", train_summary(layout))
-        with metered(layout, "evaluate"):
-            metrics = evaluate(recipe, layout, progress)
-        progress("evaluate", f"test {metric_line(metrics)}")
-        with metered(layout, "register"):
-            registration = registry.register(recipe, layout, run_id)
-        progress(
-            "register", f"{registration.model_name} version {registration.version} -> {registration.alias}"
-        )
+        metrics, registration = _evaluate_and_register(recipe, layout, run_id, progress)
     except BaseException:
         tracking.end_run(recipe, run_id, "FAILED")
         raise
+    _close(recipe, run_id, progress)
+    return RunResult(layout.root, run_id, registration, metrics)
+
+
+def _data_stages(recipe: Recipe, layout: RunLayout, run_id: str, progress: Progress) -> None:
+    with metered(layout, "ingest"):
+        stages.ingest_stage(recipe, layout)
+    progress("ingest", f"ingested {layout.ingested.name} from {tracking.redact(str(recipe.data.source))}")
+    with metered(layout, "clean"):
+        stages.clean_stage(recipe, layout)
+    progress("clean", clean_summary(layout))
+    with metered(layout, "split"):
+        stages.split_stage(recipe, layout)
+    progress("split", split_summary(layout))
+    with metered(layout, "publish-data"):
+        report = publish_data(recipe, layout, run_id)
+    for warning in report["warnings"]:
+        progress("data", f"warning: {warning}")
+
+
+def _evaluate_and_register(recipe: Recipe, layout: RunLayout, run_id: str, progress: Progress):
+    from tunery.evaluation.report import metric_line
+
+    with metered(layout, "evaluate"):
+        metrics = evaluate(recipe, layout, progress)
+    progress("evaluate", f"test {metric_line(metrics)}")
+    with metered(layout, "register"):
+        registration = registry.register(recipe, layout, run_id)
+    progress("register", f"{registration.model_name} version {registration.version} -> {registration.alias}")
+    return metrics, registration
+
+
+def _close(recipe: Recipe, run_id: str, progress: Progress) -> None:
     cost = tracking.end_run(recipe, run_id, "FINISHED")
     if cost:
         progress("close", f"cost: {usage.text(cost)}")
+
+
+def search(
+    recipe: Recipe, progress: Progress = _silent, on_line: Callable[[str], None] | None = None
+) -> RunResult:
+    """Run a hyperparameter search (the recipe's ``search`` section) in this process, then evaluate, gate
+    and register the best trial's model like a normal run's.
+
+    Trials run one after another here (``search.parallel`` is the Prefect flow's: ``flows/search.py``).
+    The study lives in ``search.storage``: calling this again (after a crash, say) resumes it.
+
+    Raises:
+        RecipeError: the recipe has no ``search`` section.
+        tunery.search.study.SearchError: the stored study is of other data or settings, or no trial
+            completed.
+    """
+    from tunery.search import report as search_report
+    from tunery.search import study as studies
+    from tunery.search import trial as trials
+
+    if recipe.search is None:
+        raise RecipeError("the recipe has no `search` section (docs/search.md)")
+    layout, run_id = open_run(recipe)
+    progress("open", f"run folder {layout.root}, MLflow run {run_id}")
+    try:
+        _data_stages(recipe, layout, run_id, progress)
+        progress("search", studies.prepare(recipe, layout))
+        study, clock = studies.open_study(recipe), studies.Clock(recipe.search.timeout_minutes)
+        metric = studies.metric(recipe)
+        while ids := studies.ask(study, recipe, clock):
+            for trial_id in ids:
+                outcome = trials.run_trial(recipe, layout, run_id, trial_id, on_line or (lambda line: None))
+                progress("search", outcome.line(metric))
+        best = trials.adopt_best(recipe, layout)
+        progress("search", f"best trial's model adopted: {train_summary(layout)}")
+        found = search_report.publish(recipe, layout, run_id)
+        progress("search", search_report.one_line(found))
+        metrics, registration = _evaluate_and_register(best, layout, run_id, progress)
+    except BaseException:
+        tracking.end_run(recipe, run_id, "FAILED")
+        raise
+    _close(recipe, run_id, progress)
     return RunResult(layout.root, run_id, registration, metrics)

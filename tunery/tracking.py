@@ -219,6 +219,34 @@ def start_run(recipe: Recipe, run_dir: Path) -> str:
     return run.info.run_id
 
 
+def start_trial_run(recipe: Recipe, run_dir: Path, parent_run_id: str, number: int, params: dict) -> str:
+    """Open a search trial's MLflow run, nested under the search's run (``mlflow.parentRunId``), with the
+    trial's parameters as its params (the recipe is the parent's, plus these).
+
+    Returns:
+        The trial's MLflow run id (the training job logs its curves there).
+    """
+    from mlflow.entities import Param
+
+    mlf = client(recipe)
+    run = mlf.create_run(
+        experiment_id(recipe),
+        run_name=f"{run_dir.parent.parent.name}-trial-{number}",
+        tags={
+            OWNER_TAG: owner_of_this_process(),
+            "mlflow.parentRunId": parent_run_id,
+            "tunery.recipe_name": recipe.name,
+            "tunery.run_dir": str(run_dir),
+            "tunery.task": recipe.task,
+            "tunery.search.trial": str(number),
+        },
+    )
+    items = [Param(k, redact(str(v))) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlf.log_batch(run.info.run_id, params=items[start : start + 100])
+    return run.info.run_id
+
+
 def log_files(recipe: Recipe, run_id: str, paths: list[Path], folder: str) -> None:
     """Log existing files into a folder of the run's artifacts (missing files are skipped)."""
     mlf = client(recipe)

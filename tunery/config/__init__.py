@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tunery.config.base import Section
+from tunery.config.base import RecipeError, Section
 from tunery.config.cost import CostConfig
 from tunery.config.data import (
     CleaningConfig,
@@ -48,9 +48,12 @@ from tunery.config.evaluation import (
     JudgeConfig,
     check_evaluation,
 )
+from tunery.config.overrides import apply_overrides
+from tunery.config.search import SearchConfig, check_space
 
 # the sections live in submodules; `from tunery.config import DataConfig` is their public address
 __all__ = [
+    "apply_overrides",
     "CostConfig",
     "CLASSIFICATION_METRICS",
     "COST_GUARDS",
@@ -71,11 +74,8 @@ __all__ = [
     "RecipeError",
     "SplitConfig",
     "held_out_source",
+    "SearchConfig",
 ]
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message is meant for the user, as is."""
 
 
 class ModelConfig(Section):
@@ -403,6 +403,9 @@ class Recipe(Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    search: SearchConfig | None = Field(
+        None, description="A hyperparameter search over recipe fields (`tunery search`; docs/search.md)."
+    )
     continuous: ContinuousConfig | None = Field(
         None, description="Continuous learning from a drop zone (the `continuous-learning` flow)."
     )
@@ -433,6 +436,8 @@ class Recipe(Section):
         if self.task == "preference":
             self._check_preference()
         check_evaluation(self.task, self.data, self.evaluation, self.continuous is not None)
+        if self.search is not None:
+            check_space(type(self), self)
         if self.task != "sft" and self.data.conversation is not None:
             raise ValueError("`data.conversation` (conversation data) needs `task: sft`")
         if (
@@ -484,36 +489,6 @@ class Recipe(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-Override = Annotated[str, "dotted.key=value"]
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a raw recipe mapping (values parsed as YAML scalars/lists).
-
-    Args:
-        raw: the mapping loaded from YAML; it is not modified.
-        overrides: strings of the form ``dotted.key=value``.
-
-    Returns:
-        A new mapping with the overrides applied.
-    """
-    result = json.loads(json.dumps(raw))  # deep copy of plain YAML data
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RecipeError(f"override {item!r} is not of the form dotted.key=value")
-        parts = key.strip().split(".")
-        node = result
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise RecipeError(f"override {item!r}: `{where}` is a value, not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
-    return result
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:

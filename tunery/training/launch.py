@@ -224,8 +224,39 @@ def _pump(stream, on_line: Callable[[str], None], tail: collections.deque) -> No
         on_line(line)
 
 
-def run_job(cmd: list[str], env: dict[str, str], timeout_s: float, on_line: Callable[[str], None]) -> None:
-    """Run a command in its own process group, streaming its output; raise on failure or timeout."""
+class TrainingStopped(RuntimeError):
+    """The caller asked the job to stop (a search pruning a bad trial) and it was stopped."""
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, stop_when: Callable[[], bool] | None) -> bool:
+    """Wait for the job; True when ``stop_when`` asked for a stop first (polled twice a second)."""
+    if stop_when is None:
+        proc.wait(timeout=timeout_s)
+        return False
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            return False
+        except subprocess.TimeoutExpired:
+            if stop_when():
+                return True
+            if time.monotonic() >= deadline:
+                raise
+
+
+def run_job(
+    cmd: list[str],
+    env: dict[str, str],
+    timeout_s: float,
+    on_line: Callable[[str], None],
+    stop_when: Callable[[], bool] | None = None,
+) -> None:
+    """Run a command in its own process group, streaming its output; raise on failure or timeout.
+
+    Raises:
+        TrainingStopped: ``stop_when()`` turned true while the job ran; the whole group was stopped.
+    """
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen(
         cmd,
@@ -239,7 +270,7 @@ def run_job(cmd: list[str], env: dict[str, str], timeout_s: float, on_line: Call
     reader = threading.Thread(target=_pump, args=(proc.stdout, on_line, tail), daemon=True)
     reader.start()
     try:
-        proc.wait(timeout=timeout_s)
+        stopped = _wait(proc, timeout_s, stop_when)
     except subprocess.TimeoutExpired:
         stop_group(proc)
         reader.join(timeout=5)
@@ -250,6 +281,10 @@ def run_job(cmd: list[str], env: dict[str, str], timeout_s: float, on_line: Call
     except BaseException:
         stop_group(proc)
         raise
+    if stopped:
+        stop_group(proc)
+        reader.join(timeout=5)
+        raise TrainingStopped("training job stopped on request; last lines:\n" + "\n".join(tail))
     reader.join(timeout=10)
     if proc.returncode != 0:
         raise TrainingJobFailed(
@@ -308,11 +343,13 @@ def launch_training(
     layout: RunLayout,
     run_id: str | None = None,
     on_line: Callable[[str], None] = print,
+    stop_when: Callable[[], bool] | None = None,
 ) -> Path:
     """Train the recipe's model as a separate (multi-)process job and return the saved model folder.
 
     Resumes from the newest complete checkpoint in the run folder, if any (a retried task continues where
-    the crashed attempt stopped).
+    the crashed attempt stopped). ``stop_when`` (polled twice a second) stops the job early: a search prunes
+    a trial with it (:class:`TrainingStopped`).
     """
     import torch
 
@@ -335,6 +372,7 @@ def launch_training(
             job_environment(recipe, port, torch.cuda.is_available()),
             recipe.distributed.timeout_minutes * 60,
             on_line,
+            stop_when,
         )
     finally:
         release_shared_memory(port)

@@ -62,6 +62,32 @@ def _evaluations_left(args, state, steps_left: int) -> int:
     return math.ceil(steps_left / steps_per_epoch) if steps_per_epoch else 0
 
 
+# One line per validation pass in the job's output: EVALUATION_PREFIX + JSON {"evaluation": n (1-based, of
+# this attempt), "epoch", "step", "metrics": {"loss": ..., "accuracy": ...}}. A search prunes trials by it.
+EVALUATION_PREFIX = "tunery-evaluation "
+
+
+def evaluation_line(number: int, state, metrics: dict) -> str:
+    values = {
+        k.removeprefix("eval_"): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not k.endswith(("_runtime", "_per_second"))
+    }
+    payload = {"evaluation": number, "epoch": state.epoch, "step": state.global_step, "metrics": values}
+    return EVALUATION_PREFIX + json.dumps(payload)
+
+
+def parse_evaluation_line(line: str) -> dict | None:
+    """The payload of an :func:`evaluation_line`, or None for any other line (or a torn one)."""
+    if not line.startswith(EVALUATION_PREFIX):
+        return None
+    try:
+        payload = json.loads(line[len(EVALUATION_PREFIX) :])
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) and isinstance(payload.get("metrics"), dict) else None
+
+
 def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
     from transformers import EarlyStoppingCallback, TrainerCallback
 
@@ -81,6 +107,7 @@ def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
             self._start = self._step_end = time.monotonic()
             self._first_done: float | None = None  # when this process's first step ended
             self._eval_s = self._eval_total_s = 0.0
+            self._evaluations = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self._reset(state.global_step)
@@ -100,10 +127,13 @@ def _callbacks(recipe: Recipe, logger: MetricLogger) -> list:
             if state.is_world_process_zero and done in (1, 3) and state.global_step % args.logging_steps:
                 print(f"step {state.global_step}/{state.max_steps} | {self._timing(args, state)}", flush=True)
 
-        def on_evaluate(self, args, state, control, **kwargs):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             # evaluation runs right after the step that triggered it
             self._eval_s = time.monotonic() - self._step_end
             self._eval_total_s += self._eval_s
+            self._evaluations += 1
+            if state.is_world_process_zero and metrics:  # the line a search's pruner reads (launch.py)
+                print(evaluation_line(self._evaluations, state, metrics), flush=True)
 
         def _timing(self, args, state) -> str:
             now = time.monotonic()

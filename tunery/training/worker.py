@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunery.training.worker JOB_SPEC.json", file=sys.stderr)
         return 2
     started = time.monotonic()
+    # SIGTERM (a timeout, or a search pruning this trial, stops the job's whole group) becomes an orderly
+    # exit, so that the `finally` below still records what the attempt cost.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     spec = json.loads(Path(args[0]).read_text())
     # Started directly (one process, no DeepSpeed), there is no RANK: the Trainer then runs without a
     # process group and without a DDP wrapper, which a world of one does not need.

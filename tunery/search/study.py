@@ -1,0 +1,359 @@
+"""The Optuna study of a recipe's search, kept in an RDB storage so that a search resumes where it stopped.
+
+A study is found by name (``search.study``, default the recipe's name) in ``search.storage`` (default
+``sqlite:///<workdir>/search/optuna.db``). Starting a search again (after a crash, a SIGKILL, or to add
+trials) loads it: trials that finished stay finished and are never run again; trials a dead process left
+RUNNING are failed and queued again with the same parameters (Optuna's retry callback), so the budget
+finishes; the sampler learns from every trial in the storage.
+
+The budget counts *finished* trials: complete, pruned, or failed by an error of their own (a bad parameter
+combination fails every time; it must not loop forever). A trial failed because its process died does not
+count: its retry does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunery.config import Recipe, RecipeError
+from tunery.config.search import SearchConfig, with_values
+from tunery.layout import RunLayout
+from tunery.ops.process import process_identity
+from tunery.tracking import owner_of_this_process
+
+# Trial user attributes: which process runs it, its folder and MLflow run, why it failed, what it cost.
+OWNER = "tunery.owner"
+RUN_DIR = "tunery.run_dir"
+RUN_ID = "tunery.mlflow_run_id"
+ERROR = "tunery.error"
+COST = "tunery.cost"
+PRUNED_AT = "tunery.pruned_at_evaluation"
+# Study user attribute: what the study's trials were trained on (a resumed study must be the same).
+FINGERPRINT = "tunery.fingerprint"
+FINGERPRINT_PARTS = "tunery.fingerprint_parts"
+RETRIES = 3  # how often a trial whose process died is queued again
+
+
+class SearchError(RuntimeError):
+    """The search cannot go on as asked (a study of other data, no trial finished, ...)."""
+
+
+@contextlib.contextmanager
+def _quiet_context():
+    """Optuna's experimental-API warnings (heartbeats, matplotlib plots) and its INFO log stay out of runs."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # tunery records heartbeats itself (trial._Heartbeat) around ask-and-tell, not Study.optimize
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
+def storage_url(recipe: Recipe) -> str:
+    """``search.storage``, or the workdir's SQLite file (its folder created)."""
+    if recipe.search.storage:
+        return recipe.search.storage
+    folder = Path(recipe.workdir).resolve() / "search"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def study_name(recipe: Recipe) -> str:
+    return recipe.search.study or recipe.name
+
+
+def storage(recipe: Recipe):
+    """The RDB storage with heartbeats on (a trial records it is alive; a silent one is retried)."""
+    import optuna
+
+    url = storage_url(recipe)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    with _quiet_context():
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=recipe.search.heartbeat_seconds,
+            grace_period=recipe.search.grace_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=RETRIES
+            ),
+        )
+
+
+def metric(recipe: Recipe) -> str:
+    return recipe.search.metric_for(recipe.task, recipe.evaluation.gate.metric(recipe.task))
+
+
+def direction(recipe: Recipe) -> str:
+    return "minimize" if metric(recipe) == "loss" else "maximize"
+
+
+def distributions(config: SearchConfig) -> dict[str, Any]:
+    """The space as Optuna distributions (parameter names are the dotted recipe fields)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    found: dict[str, Any] = {}
+    for key, dim in config.space.items():
+        if dim.type == "choice":
+            found[key] = CategoricalDistribution(dim.choices)
+        elif dim.type == "int":
+            found[key] = IntDistribution(int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+        else:
+            found[key] = FloatDistribution(dim.low, dim.high, log=dim.log, step=dim.step)
+    return found
+
+
+def _sampler(config: SearchConfig, offset: int):
+    """The recipe's sampler, its seed moved on by the trials already in the study: a resumed search must
+    not draw its first random points again."""
+    import optuna
+
+    seed = config.seed + offset
+    if config.sampler == "grid":
+        return optuna.samplers.GridSampler({k: d.grid() for k, d in config.space.items()}, seed=config.seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = min(10, max(3, config.trials // 4))  # Optuna's default 10 would make a 12-trial TPE random
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def _pruner(config: SearchConfig):
+    import optuna
+
+    p = config.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_evaluations
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
+    return optuna.pruners.NopPruner()
+
+
+def open_study(recipe: Recipe):
+    """Create the recipe's study, or load it (same name in the same storage), with its sampler and pruner."""
+    import optuna
+
+    with _quiet_context():
+        store = storage(recipe)
+        study = optuna.create_study(
+            storage=store, study_name=study_name(recipe), direction=direction(recipe), load_if_exists=True
+        )
+        if study.direction.name.lower() != direction(recipe):
+            raise SearchError(
+                f"study {study.study_name!r} {study.direction.name.lower()}s its metric; this recipe's "
+                f"search {direction(recipe)}s {metric(recipe)}: name a new `search.study`"
+            )
+        trials = len(study.get_trials(deepcopy=False))
+        study.sampler = _sampler(recipe.search, trials)
+        study.pruner = _pruner(recipe.search)
+    return study
+
+
+def fingerprint_parts(recipe: Recipe, layout: RunLayout) -> dict[str, str]:
+    """What makes trials comparable: the training data (split digests) and every training setting that
+    is not searched (the model, method, training, sft and preference sections, the metric)."""
+    report = json.loads(layout.data_report.read_text(encoding="utf-8"))
+    fixed = with_values(recipe.model_dump(mode="json"), {k: None for k in recipe.search.space})
+    settings = {k: fixed[k] for k in ("task", "model", "method", "training", "sft", "preference")}
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+    return {
+        "data": digest({name: report["split"][name]["digest"] for name in ("train", "validation")}),
+        "settings": digest(settings),
+        "metric": metric(recipe),
+    }
+
+
+def check_same_experiment(study, recipe: Recipe, layout: RunLayout) -> None:
+    """Record what the study trains on, or check that a resumed one trains on the same.
+
+    Raises:
+        SearchError: the study's trials were trained on other data, other settings or another metric.
+    """
+    parts = fingerprint_parts(recipe, layout)
+    known = study.user_attrs.get(FINGERPRINT_PARTS)
+    if known is None:
+        study.set_user_attr(FINGERPRINT_PARTS, parts)
+        study.set_user_attr(FINGERPRINT, hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16])
+        return
+    differ = [name for name in parts if known.get(name) != parts[name]]
+    if differ:
+        what = {"data": "other data (train/validation split)", "settings": "other training settings"}
+        said = ", ".join(what.get(d, f"another {d} ({known.get(d)})") for d in differ)
+        raise SearchError(
+            f"study {study.study_name!r} was run on {said} than this recipe: its trials are not comparable. "
+            "Name a new `search.study`, or restore the recipe and data it was run with"
+        )
+
+
+def _gone(owner_value: str) -> bool:
+    """True when the owner ran on this host and that process no longer runs."""
+    host, _, rest = owner_value.partition("|")
+    pid, _, identity = rest.partition("|")
+    if host != socket.gethostname() or not pid.isdigit() or not identity:
+        return False  # another host (its heartbeat decides), or an identity /proc could not read
+    return process_identity(int(pid)) != identity
+
+
+def recover(study) -> list[int]:
+    """Fail the trials left RUNNING by a dead process of this host, and those whose heartbeat went silent
+    for longer than the grace period (any host); queue each again with the same parameters.
+
+    Returns:
+        The numbers of the trials failed and queued again.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    recovered = []
+    with _quiet_context():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _gone(str(trial.user_attrs.get(OWNER, ""))):
+                tell(study, trial.number, state=TrialState.FAIL)
+                retry(study, frozen(study, trial.number))
+                recovered.append(trial.number)
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    return sorted(recovered + sorted(after - before))
+
+
+def tell(study, trial, value: float | None = None, state=None) -> None:
+    """``study.tell``, outside ``Study.optimize``: the grid sampler calls ``study.stop()`` after its last
+    combination, which Optuna refuses there (RuntimeError) after storing the trial; the budget stops ours."""
+    with _quiet_context():
+        try:
+            study.tell(trial, value, state=state)
+        except RuntimeError as error:
+            if "Study.stop" not in str(error):
+                raise
+
+
+def frozen(study, number: int):
+    """The stored trial ``number`` (a fresh copy)."""
+    for trial in study.get_trials(deepcopy=True):
+        if trial.number == number:
+            return trial
+    raise KeyError(f"study {study.study_name!r} has no trial {number}")
+
+
+def finished(study) -> int:
+    """Trials the budget counts: complete, pruned, or failed by an error of their own."""
+    from optuna.trial import TrialState
+
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and ERROR in t.user_attrs)
+    )
+
+
+def budget(recipe: Recipe) -> int:
+    """``search.trials``, capped at the grid's size for the grid sampler (every combination once)."""
+    size = recipe.search.grid_size()
+    return min(recipe.search.trials, size) if size is not None else recipe.search.trials
+
+
+@dataclass
+class Clock:
+    """The search run's wall-clock budget (``search.timeout_minutes``, from this run's start)."""
+
+    minutes: float | None
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = time.monotonic()
+
+    def expired(self) -> bool:
+        return self.minutes is not None and time.monotonic() - self.started >= self.minutes * 60
+
+
+def ask(study, recipe: Recipe, clock: Clock) -> list[int]:
+    """Start the next trials (up to ``search.parallel``, within the budget and the clock); returns their
+    ids. Queued retries come first. An empty list: the search is done."""
+    from optuna.trial import TrialState
+
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    room = min(recipe.search.parallel, budget(recipe) - finished(study) - running)
+    if room <= 0 or clock.expired():
+        return []
+    space = distributions(recipe.search)
+    ids = []
+    with _quiet_context():
+        for _ in range(room):
+            trial = study.ask(space)
+            trial.set_user_attr(OWNER, owner_of_this_process())
+            ids.append(trial._trial_id)  # Optuna's id of the stored trial: optuna.trial.Trial(study, id)
+    return ids
+
+
+def trial_recipe(recipe: Recipe, params: dict[str, Any]) -> Recipe:
+    """The recipe with a trial's parameters set (and no search section: a trial trains once).
+
+    Raises:
+        RecipeError: the combination does not validate (e.g. a method that the other values exclude).
+    """
+    from pydantic import ValidationError
+
+    raw = with_values(recipe.model_dump(mode="json"), params)
+    raw["search"] = None
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise RecipeError(f"parameters {params} do not make a valid recipe: {problems}") from None
+
+
+def best(study):
+    """The best complete trial.
+
+    Raises:
+        SearchError: no trial completed.
+    """
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        errors = [t.user_attrs[ERROR] for t in study.get_trials(deepcopy=False) if ERROR in t.user_attrs]
+        hint = f"; first error: {errors[0]}" if errors else ""
+        raise SearchError(f"no trial of study {study.study_name!r} completed{hint}")
+    return study.best_trial
+
+
+def prepare(recipe: Recipe, layout: RunLayout) -> str:
+    """Open the study for this run: check it is the same experiment, recover trials of dead processes.
+
+    Returns:
+        A line for the progress log (study, storage, trials finished, trials queued again).
+
+    Raises:
+        SearchError: the stored study was run on other data or settings.
+    """
+    from tunery.tracking import redact
+
+    study = open_study(recipe)
+    check_same_experiment(study, recipe, layout)
+    recovered = recover(study)
+    line = (
+        f"study {study.study_name!r} in {redact(storage_url(recipe))}: {finished(study)} of {budget(recipe)} "
+        f"trials finished"
+    )
+    if recipe.search.grid_size() is not None and recipe.search.trials > budget(recipe):
+        line += f" (the grid has {budget(recipe)} combinations)"
+    if recovered:
+        line += f"; trial(s) {recovered} were left running by a process that is gone: run again"
+    return line
