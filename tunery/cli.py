@@ -145,6 +145,35 @@ def run(recipe: RecipeArg, overrides: OverridesArg = None, verbose: VerboseOpt =
 
     Shows one line per stage and a training bar; the full log goes to <workdir>/logs/ (--verbose: here).
     """
+    _run_flow("finetune", recipe, overrides or [], verbose)
+
+
+@app.command()
+def search(recipe: RecipeArg, overrides: OverridesArg = None, verbose: VerboseOpt = False) -> None:
+    """Run the recipe's hyperparameter search (its `search:` section), then evaluate, gate and register the
+    best trial's model. Run it again to resume the same study (after a crash, or with more trials)."""
+    overrides = overrides or []
+    try:
+        checked = resolve_paths(load_recipe(recipe, overrides), Path.cwd())
+    except RecipeError as exc:
+        _fail(str(exc))
+    if checked.search is None:
+        _fail(f"recipe {recipe} has no `search` section: add one (docs/search.md) or use `tunery run`")
+    _run_flow("hyperparameter-search", recipe, overrides, verbose)
+
+
+def _flow(name: str):
+    """The flow function by name; imported lazily: Prefect stays out of the library and of `validate`."""
+    if name == "finetune":
+        from flows.finetune import finetune
+
+        return finetune
+    from flows.search import hyperparameter_search
+
+    return hyperparameter_search
+
+
+def _run_flow(name: str, recipe: Path, overrides: list[str], verbose: bool) -> None:
     import traceback
 
     from tunery.ops.console import RunConsole, disk_problem
@@ -152,23 +181,21 @@ def run(recipe: RecipeArg, overrides: OverridesArg = None, verbose: VerboseOpt =
 
     exit_on_termination()  # kill PID: the same orderly stop as Ctrl+C
     guard_descendants()  # SIGKILL: the temporary Prefect server and the training job end with this process
-    overrides = overrides or []
     checked = _checked_recipe(recipe, overrides)
     _prepare_environment(checked)
     started = time.perf_counter()
     console = RunConsole(checked.workdir, checked.name, verbose)
     failure = None
     with console:
-        from flows.finetune import finetune  # lazy: Prefect stays out of the library and of `validate`
-
+        flow = _flow(name)
         console.attach()
         try:
-            result = finetune(recipe_path=str(recipe), overrides=overrides)
+            result = flow(recipe_path=str(recipe), overrides=overrides)
         except KeyboardInterrupt:
             failure = "interrupted"
         except Exception as exc:  # Prefect logged the traceback (the log file, or here with --verbose)
             cause = disk_problem(exc, [checked.workdir, os.environ["PREFECT_HOME"]])
-            failure = f"the finetune flow failed: {cause or explained(exc)}"
+            failure = f"the {name} flow failed: {cause or explained(exc)}"
             if console.log is not None:
                 traceback.print_exc()  # into the log file, next to Prefect's record of it
     if failure:

@@ -253,7 +253,7 @@ def search(
     try:
         _data_stages(recipe, layout, run_id, progress)
         progress("search", studies.prepare(recipe, layout))
-        study, clock = studies.open_study(recipe), studies.Clock(recipe.search.timeout_minutes)
+        study, clock = studies.open_study(recipe), studies.Clock.start(recipe.search.timeout_minutes)
         metric = studies.metric(recipe)
         while ids := studies.ask(study, recipe, clock):
             for trial_id in ids:

@@ -269,18 +269,19 @@ def budget(recipe: Recipe) -> int:
     return min(recipe.search.trials, size) if size is not None else recipe.search.trials
 
 
-@dataclass
+@dataclass(frozen=True)
 class Clock:
-    """The search run's wall-clock budget (``search.timeout_minutes``, from this run's start)."""
+    """The search run's wall-clock budget (``search.timeout_minutes``, from this run's start); a plain value
+    that an orchestrator can pass to its tasks."""
 
-    minutes: float | None
-    started: float = 0.0
+    deadline: float | None  # time.time() after which no new trial starts
 
-    def __post_init__(self) -> None:
-        self.started = time.monotonic()
+    @classmethod
+    def start(cls, minutes: float | None) -> Clock:
+        return cls(None if minutes is None else time.time() + minutes * 60)
 
     def expired(self) -> bool:
-        return self.minutes is not None and time.monotonic() - self.started >= self.minutes * 60
+        return self.deadline is not None and time.time() >= self.deadline
 
 
 def ask(study, recipe: Recipe, clock: Clock) -> list[int]:

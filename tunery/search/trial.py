@@ -164,7 +164,7 @@ def run_trial(
     trial.set_user_attr(studies.RUN_ID, run_id)
     heartbeat = _Heartbeat(recipe, trial_id)
     heartbeat.start()
-    pruning = _Pruning(trial, metric, on_line)
+    pruning = _Pruning(trial, metric, lambda line: on_line(tracking.redact(line)))
     state, value, error = "complete", None, None
     try:
         with usage.meter(layout.usage, "train"):
