@@ -96,3 +96,59 @@ def test_champion_then_a_tie_stays_challenger_on_postgresql(
         )
     assert [v[0] for v in versions] == [1, 2]
     assert aliases == {"champion": 1, "challenger": 2}
+
+
+def test_a_search_study_lives_in_the_stacks_postgresql_and_resumes_there(
+    postgres_mlflow_server, tmp_path, monkeypatch
+):
+    """The stack's way: an `optuna` database on the same server, named to the worker by
+    TUNERY_SEARCH_STORAGE; a study one process wrote there is read, recovered and finished by the next."""
+    import subprocess
+    import sys
+
+    from optuna.trial import TrialState
+
+    from tunery.config import Recipe
+    from tunery.ops import stack
+    from tunery.search import study as studies
+
+    backend = postgres_mlflow_server["backend_uri"]
+    port = int(backend.rsplit(":", 1)[1].split("/")[0])
+    stack._create_database(port, stack.SEARCH_DATABASE)
+    storage = backend.rsplit("/", 1)[0] + f"/{stack.SEARCH_DATABASE}"
+    monkeypatch.setenv(stack.SEARCH_STORAGE_VARIABLE, storage)
+    recipe = Recipe.model_validate(
+        {
+            "name": "pg-search",
+            "data": {"source": "a.csv"},
+            "mlflow": {"registered_model": "pg-search"},
+            "workdir": str(tmp_path),
+            "search": {
+                "sampler": "grid",
+                "space": {"training.learning_rate": {"type": "choice", "choices": [1e-4, 3e-4, 1e-3]}},
+            },
+        }
+    )
+    assert studies.storage_url(recipe) == storage
+    # another process asks for two trials, completes one and dies holding the other
+    code = (
+        "import os, sys; from tunery.config import Recipe; from tunery.search import study as s; "
+        "r = Recipe.model_validate_json(sys.argv[1]); st = s.open_study(r); c = s.Clock.start(None); "
+        "s.ask(st, r, c); s.tell(st, 0, 0.8); s.ask(st, r, c); os._exit(0)"
+    )
+    command = [sys.executable, "-c", code, recipe.model_dump_json()]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = studies.open_study(recipe)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    assert studies.recover(study) == [1]
+    clock = studies.Clock.start(None)
+    while ids := studies.ask(study, recipe, clock):
+        for trial_id in ids:
+            number = next(t.number for t in study.trials if t._trial_id == trial_id)
+            studies.tell(study, number, 0.5)
+    complete = sorted(
+        t.params["training.learning_rate"] for t in study.trials if t.state == TrialState.COMPLETE
+    )
+    assert complete == [1e-4, 3e-4, 1e-3]
+    assert studies.frozen(study, 0).value == 0.8, "the first process's trial, untouched"

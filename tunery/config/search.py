@@ -112,8 +112,8 @@ class SearchConfig(Section):
     seed: int = Field(0, description="Seed of the sampler.")
     storage: str | None = Field(
         None,
-        description="Optuna RDB storage URL (e.g. postgresql+psycopg://host/db; null: "
-        "sqlite:///<workdir>/search/optuna.db). A password belongs in PGPASSWORD, not here.",
+        description="Optuna RDB storage URL (e.g. postgresql+psycopg://host/db; null: TUNERY_SEARCH_STORAGE, "
+        "else sqlite:///<workdir>/search/optuna.db). A password belongs in PGPASSWORD, not here.",
     )
     study: str | None = Field(
         None, description="Study name: a run with the same name resumes it (null: the recipe's name)."

@@ -128,6 +128,12 @@ def _as_postgres_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command]
 
 
+# With PostgreSQL, the stack's searches keep their Optuna studies in this database of the same server; the
+# worker is told so by SEARCH_STORAGE_VARIABLE (a recipe's `search.storage` still wins).
+SEARCH_DATABASE = "optuna"
+SEARCH_STORAGE_VARIABLE = "TUNERY_SEARCH_STORAGE"
+
+
 def start_postgres(root: Path, port: int | None = None, database: str = "mlflow") -> tuple[Service, str]:
     """Initialise (once) and start a PostgreSQL cluster on 127.0.0.1 and create ``database``.
 
@@ -416,10 +422,12 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     started: list[Service] = []
     try:
-        backend = None
+        backend = search_storage = None
         if postgres:
             service, backend = start_postgres(root)
             started.append(service)
+            _create_database(service.port, SEARCH_DATABASE)  # hyperparameter-search studies (Optuna)
+            search_storage = backend.rsplit("/", 1)[0] + f"/{SEARCH_DATABASE}"
         mlflow_service = start_mlflow(root, backend, mlflow_port)
         started.append(mlflow_service)
         prefect_service = start_prefect(root, prefect_port, server_env)
@@ -430,6 +438,7 @@ def up(
             "MLFLOW_TRACKING_URI": mlflow_service.url,
             "TUNERY_PROJECT_DIR": str(project),
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            **({SEARCH_STORAGE_VARIABLE: search_storage} if search_storage else {}),
             **(worker_env or {}),
         }
         started.append(start_worker(root, prefect_service.url, pool, env))
@@ -442,6 +451,7 @@ def up(
         "prefect_api_url": f"{prefect_service.url}/api",
         "mlflow_url": mlflow_service.url,
         "mlflow_backend": backend or "sqlite",
+        "search_storage": search_storage or "sqlite (per workdir)",
         "pool": pool,
         "project": str(project),
     }

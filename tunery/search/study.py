@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import time
 import warnings
@@ -27,6 +28,7 @@ from tunery.config import Recipe, RecipeError
 from tunery.config.search import SearchConfig, with_values
 from tunery.layout import RunLayout
 from tunery.ops.process import process_identity
+from tunery.ops.stack import SEARCH_STORAGE_VARIABLE
 from tunery.tracking import owner_of_this_process
 
 # Trial user attributes: which process runs it, its folder and MLflow run, why it failed, what it cost.
@@ -60,9 +62,12 @@ def _quiet_context():
 
 
 def storage_url(recipe: Recipe) -> str:
-    """``search.storage``, or the workdir's SQLite file (its folder created)."""
+    """``search.storage``, else ``TUNERY_SEARCH_STORAGE`` (``tunery stack up --postgres`` sets it for its
+    worker: the stack's PostgreSQL), else the workdir's SQLite file (its folder created)."""
     if recipe.search.storage:
         return recipe.search.storage
+    if os.environ.get(SEARCH_STORAGE_VARIABLE):
+        return os.environ[SEARCH_STORAGE_VARIABLE]
     folder = Path(recipe.workdir).resolve() / "search"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'optuna.db'}"
