@@ -236,3 +236,29 @@ def test_a_job_asked_to_stop_is_stopped_with_its_whole_group(tmp_path):
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(pid), "the job's own child was stopped too"
+
+
+def test_a_proposal_of_finished_parameters_takes_their_result_without_training(tmp_path):
+    from optuna.trial import TrialState
+
+    r = recipe(
+        tmp_path,
+        sampler="random",
+        trials=12,
+        space={"training.batch_size": {"type": "choice", "choices": [8, 16]}},  # 2 points, 12 trials
+    )
+    study = studies.open_study(r)
+    clock = studies.Clock.start(None)
+    trained = []
+    while ids := studies.ask(study, r, clock):
+        for trial_id in ids:
+            trial = next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_id)
+            trained.append(trial.params["training.batch_size"])
+            studies.tell(study, trial.number, float(trial.params["training.batch_size"]))
+    assert sorted(trained) == [8, 16], "each combination trained once"
+    assert studies.finished(study) == 12 and len(study.trials) == 12
+    twins = [t for t in study.trials if studies.DUPLICATE_OF in t.user_attrs]
+    assert len(twins) == 10
+    for t in twins:
+        original = studies.frozen(study, t.user_attrs[studies.DUPLICATE_OF])
+        assert t.state == TrialState.COMPLETE and t.params == original.params and t.value == original.value

@@ -42,6 +42,7 @@ def summary(recipe: Recipe) -> dict:
                 "pruned_at_evaluation": t.user_attrs.get(studies.PRUNED_AT),
                 "error": t.user_attrs.get(studies.ERROR),
                 "retry_of": t.system_attrs.get("failed_trial"),
+                "duplicate_of": t.user_attrs.get(studies.DUPLICATE_OF),
                 "cost": cost or None,
                 "mlflow_run_id": t.user_attrs.get(studies.RUN_ID),
             }
@@ -49,6 +50,7 @@ def summary(recipe: Recipe) -> dict:
     counts: dict[str, int] = {}
     for row in trials:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
+    duplicates = sum(row["duplicate_of"] is not None for row in trials)
     try:
         top = studies.best(study)
         best = {"number": top.number, "value": top.value, "params": top.params}
@@ -64,6 +66,8 @@ def summary(recipe: Recipe) -> dict:
         "budget": studies.budget(recipe),
         "finished": studies.finished(study),
         "counts": counts,
+        "trained": len(trials) - duplicates,
+        "duplicates": duplicates,
         "best": best,
         "trials": trials,
         "cost": {**totals, "currency": recipe.cost.currency},
@@ -139,6 +143,8 @@ def markdown(found: dict) -> str:
         seconds = "" if t["duration_s"] is None else f"{t['duration_s']:.0f}"
         cost = t["cost"] or {}
         state = t["state"] + (f" at eval {t['pruned_at_evaluation']}" if t["pruned_at_evaluation"] else "")
+        if t["duplicate_of"] is not None:
+            state += f" (= trial {t['duplicate_of']}, not trained again)"
         lines.append(
             f"| {t['number']} | {state} | {value} | {t['params']} | {seconds} | "
             f"{cost.get('cpu_s', 0.0):.1f} | {cost.get('money', 0.0):.4f} |"

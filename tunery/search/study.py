@@ -38,6 +38,7 @@ RUN_ID = "tunery.mlflow_run_id"
 ERROR = "tunery.error"
 COST = "tunery.cost"
 PRUNED_AT = "tunery.pruned_at_evaluation"
+DUPLICATE_OF = "tunery.duplicate_of"  # the finished trial whose parameters (and result) this one repeats
 # Study user attribute: what the study's trials were trained on (a resumed study must be the same).
 FINGERPRINT = "tunery.fingerprint"
 FINGERPRINT_PARTS = "tunery.fingerprint_parts"
@@ -289,21 +290,59 @@ class Clock:
         return self.deadline is not None and time.time() >= self.deadline
 
 
-def ask(study, recipe: Recipe, clock: Clock) -> list[int]:
-    """Start the next trials (up to ``search.parallel``, within the budget and the clock); returns their
-    ids. Queued retries come first. An empty list: the search is done."""
+def _twin(study, params: dict[str, Any], number: int):
+    """A finished trial (complete, pruned, or failed by its own error) with exactly these parameters."""
     from optuna.trial import TrialState
 
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    room = min(recipe.search.parallel, budget(recipe) - finished(study) - running)
-    if room <= 0 or clock.expired():
-        return []
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number or t.params != params:
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and ERROR in t.user_attrs
+        ):
+            return t
+    return None
+
+
+def _settle_as_twin(study, trial, twin) -> None:
+    """Finish ``trial`` with its twin's result, without training: a sampler that proposes parameters the
+    study has already run (TPE does, in a small discrete space) gets the known answer."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr(DUPLICATE_OF, twin.number)
+    if twin.state == TrialState.COMPLETE:
+        tell(study, trial.number, twin.value)
+    elif twin.state == TrialState.PRUNED:
+        for step, value in twin.intermediate_values.items():
+            trial.report(value, step)
+        tell(study, trial.number, state=TrialState.PRUNED)
+    else:
+        trial.set_user_attr(ERROR, twin.user_attrs[ERROR])
+        tell(study, trial.number, state=TrialState.FAIL)
+
+
+def ask(study, recipe: Recipe, clock: Clock) -> list[int]:
+    """Start the next trials (up to ``search.parallel``, within the budget and the clock); returns their
+    ids. Queued retries come first. An empty list: the search is done.
+
+    A proposal whose parameters equal a finished trial's is never trained again: it is finished at once
+    with that trial's result (``tunery.duplicate_of``) and counts towards the budget, at no cost.
+    """
+    from optuna.trial import TrialState
+
     space = distributions(recipe.search)
-    ids = []
+    ids: list[int] = []
     with _quiet_context():
-        for _ in range(room):
+        while not clock.expired():
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if len(ids) >= recipe.search.parallel or budget(recipe) - finished(study) - running <= 0:
+                break
             trial = study.ask(space)
             trial.set_user_attr(OWNER, owner_of_this_process())
+            twin = _twin(study, trial.params, trial.number)
+            if twin is not None:
+                _settle_as_twin(study, trial, twin)
+                continue
             ids.append(trial._trial_id)  # Optuna's id of the stored trial: optuna.trial.Trial(study, id)
     return ids
 
