@@ -12,6 +12,10 @@ this script, one search after the other:
 
 The space: ``training.learning_rate`` in {2e-5, 5e-5, 1e-4, 2e-4} x ``training.epochs`` in {1, 2, 3}.
 
+A proposal that repeats a finished trial's parameters is finished with that trial's result and not
+trained (tunery's search does that for every sampler); ``trained`` counts the training jobs, ``trials``
+the trials of the study.
+
 Compute is what tunery's cost records say each trial used: CPU-seconds of the orchestrating process and of
 the training job (``usage.jsonl``, the trials' ``cost_cpu_s``), and wall seconds.
 
@@ -120,10 +124,14 @@ def run_search(args, workdir: Path, data, name: str, sampler: str, pruner: str) 
     complete = [o for o in outcomes if o.state == "complete"]
     best = max(complete, key=lambda o: o.value)
     cpu = sum((o.cost or {}).get("total", {}).get("cpu_s", 0.0) for o in outcomes)
+    stored = study.get_trials(deepcopy=False)
+    duplicates = [t for t in stored if studies.DUPLICATE_OF in t.user_attrs]
     return {
         "sampler": sampler,
         "pruner": pruner,
-        "trials": len(outcomes),
+        "trials": len(stored),
+        "trained": len(outcomes),
+        "duplicates_not_trained": len(duplicates),
         "complete": len(complete),
         "pruned": sum(o.state == "pruned" for o in outcomes),
         "failed": sum(o.state == "failed" for o in outcomes),
@@ -131,7 +139,8 @@ def run_search(args, workdir: Path, data, name: str, sampler: str, pruner: str) 
         "best_params": best.params,
         "cpu_s": round(cpu, 1),
         "wall_s": round(wall, 1),
-        "trials_per_hour": round(len(outcomes) / wall * 3600, 2),
+        "trials_per_hour": round(len(stored) / wall * 3600, 2),
+        "trainings_per_hour": round(len(outcomes) / wall * 3600, 2),
         "trial_log": [
             {
                 "number": o.number,
@@ -227,11 +236,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    header = ("search", "trials", "pruned", "best acc", "CPU s", "wall s", "trials/h")
-    print("\n{:<12} {:>6} {:>6} {:>9} {:>8} {:>8} {:>9}".format(*header))
+    header = ("search", "trials", "trained", "pruned", "best acc", "CPU s", "wall s", "trials/h")
+    print("\n{:<12} {:>6} {:>7} {:>6} {:>9} {:>8} {:>8} {:>9}".format(*header))
     for name, s in (("grid", grid), ("tpe+median", tpe)):
         print(
-            f"{name:<12} {s['trials']:>6} {s['pruned']:>6} {s['best_dev_accuracy']:>9.4f} {s['cpu_s']:>8.0f} "
+            f"{name:<12} {s['trials']:>6} {s['trained']:>7} {s['pruned']:>6} {s['best_dev_accuracy']:>9.4f} "
+            f"{s['cpu_s']:>8.0f} "
             f"{s['wall_s']:>8.0f} {s['trials_per_hour']:>9.1f}"
         )
     print(f"default recipe: dev accuracy {default['dev_accuracy']:.4f} ({default['wall_s']:.0f} s)")

@@ -10,11 +10,20 @@ from tunery.data.clean import QuarantineLimitExceeded
 from tunery.data.ingest import DataError
 from tunery.data.split import LeakageError
 from tunery.models import ModelError
+from tunery.search.study import SearchError
 from tunery.training.launch import TrainingJobFailed, TrainingTimeout
 from tunery.training.methods import MethodUnavailable
 
 # Retrying these cannot help: the data or the recipe must change first.
-BAD_INPUT = (RecipeError, DataError, QuarantineLimitExceeded, LeakageError, MethodUnavailable, ModelError)
+BAD_INPUT = (
+    RecipeError,
+    DataError,
+    QuarantineLimitExceeded,
+    LeakageError,
+    MethodUnavailable,
+    ModelError,
+    SearchError,
+)
 # Nor these: a full disk or a file-size limit does not clear in the seconds before a retry (a training job
 # retried on a full disk trains again to its first checkpoint, only to fail the same way).
 DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG)

@@ -30,7 +30,8 @@ def open_study(recipe: Recipe, run_dir: str, splits: dict[str, str]) -> str:
 
 
 # Never cached: every call asks the study for new trials.
-@task(name="ask-trials", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+# Never retried: a retry after a storage error would ask new trials next to the ones already asked.
+@task(name="ask-trials", cache_policy=NO_CACHE)
 def ask_trials(recipe: Recipe, clock: studies.Clock) -> list[int]:
     """The ids of the next trials to run (up to ``search.parallel``); [] when the budget or clock is spent."""
     return studies.ask(studies.open_study(recipe), recipe, clock)
@@ -44,7 +45,7 @@ def train_trial(recipe: Recipe, run_dir: str, run_id: str, trial_id: int) -> dic
     logger = get_run_logger()
     slot = training_slot()
     logger.info("trial %s waiting for training slot %r", trial_id, slot)
-    with concurrency(slot, occupy=1, timeout_seconds=None, strict=False):
+    with studies.heartbeat(recipe, trial_id), concurrency(slot, occupy=1, timeout_seconds=None, strict=False):
         outcome = trials.run_trial(recipe, RunLayout(Path(run_dir)), run_id, trial_id, logger.info)
     logger.info(outcome.line(studies.metric(recipe)), extra={STAGE: "search"})
     return {

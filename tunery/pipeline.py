@@ -255,7 +255,7 @@ def search(
         progress("search", studies.prepare(recipe, layout))
         study, clock = studies.open_study(recipe), studies.Clock.start(recipe.search.timeout_minutes)
         metric = studies.metric(recipe)
-        while ids := studies.ask(study, recipe, clock):
+        while ids := studies.ask(study, recipe, clock, at_most=1):  # one after another in this process
             for trial_id in ids:
                 outcome = trials.run_trial(recipe, layout, run_id, trial_id, on_line or (lambda line: None))
                 progress("search", outcome.line(metric))

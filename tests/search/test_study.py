@@ -14,7 +14,7 @@ import pytest
 from tunery.config import Recipe, RecipeError
 from tunery.layout import RunLayout
 from tunery.search import study as studies
-from tunery.search.trial import _Pruning
+from tunery.search.trial import Pruning
 
 BASE = {"name": "s", "data": {"source": "a.csv"}, "mlflow": {"registered_model": "m"}}
 
@@ -102,32 +102,32 @@ def dead_owner() -> str:
 
 
 def test_a_trial_its_dead_process_left_running_is_failed_and_run_again_with_its_parameters(tmp_path):
+    import optuna
+
     r = recipe(tmp_path, trials=4)
     study = studies.open_study(r)
     clock = studies.Clock.start(None)
-    import optuna
-
-    (done,) = studies.ask(study, r, clock)
+    studies.ask(study, r, clock)
     studies.tell(study, 0, 0.5)
     (crashed,) = studies.ask(study, r, clock)
-    crashed_number = 1
-
     optuna.trial.Trial(study, crashed).set_user_attr(studies.OWNER, dead_owner())
-    (alive,) = studies.ask(study, r, clock)  # owned by this (living) process: left alone
     assert studies.finished(study) == 1
 
     again = studies.open_study(r)  # a new search run: loads the same study from the file
-    assert studies.recover(again) == [crashed_number]
+    assert studies.recover(again) == [1]
     states = {t.number: t.state.name for t in again.trials}
-    assert states[0] == "COMPLETE" and states[crashed_number] == "FAIL" and states[2] == "RUNNING"
-    assert states[3] == "WAITING", "queued again"
-    assert again.trials[3].params == again.trials[crashed_number].params
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "WAITING"}, "queued again"
+    assert again.trials[2].system_attrs["fixed_params"] == again.trials[1].params
     assert studies.finished(again) == 1, "a trial whose process died does not count"
     # the next ask runs the queued retry first, with the crashed trial's parameters
     (retry,) = studies.ask(again, r, clock)
     retried = next(t for t in again.trials if t._trial_id == retry)
-    assert retried.number == 3 and retried.params == again.trials[crashed_number].params
-    assert done != retry and alive != retry
+    assert retried.number == 2 and retried.params == again.trials[1].params
+    assert retried.user_attrs[studies.RETRY_OF] == 1
+    # a trial owned by a living process (this one) is left alone
+    (alive,) = studies.ask(again, r, clock)
+    assert studies.recover(studies.open_study(r)) == []
+    assert studies.frozen(again, 3).state.name == "RUNNING"
 
 
 def test_the_budget_counts_finished_trials_and_own_errors_not_deaths(tmp_path):
@@ -156,7 +156,9 @@ def test_the_grid_runs_each_combination_once_and_its_last_tell_does_not_raise(tm
     r = recipe(tmp_path, trials=10)  # the grid has 4
     study = studies.open_study(r)
     clock = studies.Clock.start(None)
-    while ids := studies.ask(study, r, clock):
+    for _ in range(50):  # a bound: a broken budget fails here instead of hanging
+        if not (ids := studies.ask(study, r, clock)):
+            break
         for trial_id in ids:
             number = next(t.number for t in study.trials if t._trial_id == trial_id)
             studies.tell(study, number, float(number))
@@ -197,7 +199,7 @@ def test_evaluation_lines_feed_the_pruner_which_stops_a_bad_trial(tmp_path):
     studies.tell(study, 0, 0.2)
     (bad,) = studies.ask(study, r, clock)
     lines: list[str] = []
-    pruning = _Pruning(optuna.trial.Trial(study, bad), "loss", lines.append)
+    pruning = Pruning(optuna.trial.Trial(study, bad), "loss", lines.append)
 
     def evaluation(n: int, loss: float) -> str:
         payload = {"evaluation": n, "epoch": n, "step": n, "metrics": {"loss": loss}}
@@ -250,7 +252,9 @@ def test_a_proposal_of_finished_parameters_takes_their_result_without_training(t
     study = studies.open_study(r)
     clock = studies.Clock.start(None)
     trained = []
-    while ids := studies.ask(study, r, clock):
+    for _ in range(50):  # a bound: a broken budget fails here instead of hanging
+        if not (ids := studies.ask(study, r, clock)):
+            break
         for trial_id in ids:
             trial = next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_id)
             trained.append(trial.params["training.batch_size"])
@@ -262,3 +266,46 @@ def test_a_proposal_of_finished_parameters_takes_their_result_without_training(t
     for t in twins:
         original = studies.frozen(study, t.user_attrs[studies.DUPLICATE_OF])
         assert t.state == TrialState.COMPLETE and t.params == original.params and t.value == original.value
+
+
+def test_a_diverged_trial_is_its_own_failure_and_counts_while_a_dead_one_does_not(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from tunery.search.trial import trial_value
+
+    layout = RunLayout(tmp_path / "trial")
+    layout.train_dir.mkdir(parents=True)
+    (layout.train_dir / "metrics.json").write_text(json.dumps({"validation": {"loss": float("nan")}}))
+    with pytest.raises(RuntimeError, match="validation loss is nan: the training diverged"):
+        trial_value(layout, "loss")
+    r = recipe(tmp_path, trials=5, sampler="random")
+    study = studies.open_study(r)
+    clock = studies.Clock.start(None)
+    (diverged,) = studies.ask(study, r, clock)
+    optuna.trial.Trial(study, diverged).set_user_attr(studies.ERROR, "validation loss is nan")
+    studies.tell(study, 0, state=TrialState.FAIL)
+    (crashed,) = studies.ask(study, r, clock)
+    optuna.trial.Trial(study, crashed).set_user_attr(studies.OWNER, dead_owner())
+    assert studies.recover(study) == [1]
+    assert studies.finished(study) == 1, "the diverged trial counts, the dead one does not"
+    assert studies.frozen(study, 1).user_attrs[studies.DIED] == "its process is gone"
+    queued = studies.frozen(study, 2)
+    assert queued.state == TrialState.WAITING and queued.user_attrs == {studies.RETRY_OF: 1}
+    assert studies.tell(study, 1, 0.3) is False, "a trial failed as dead cannot be told again"
+
+
+def test_a_dead_trials_parameters_are_queued_again_at_most_three_times(tmp_path):
+    import optuna
+
+    r = recipe(tmp_path, trials=10, sampler="random")
+    study = studies.open_study(r)
+    clock = studies.Clock.start(None)
+    deaths = 0
+    for _ in range(6):
+        ids = studies.ask(study, r, clock, at_most=1)
+        optuna.trial.Trial(study, ids[0]).set_user_attr(studies.OWNER, dead_owner())
+        deaths += len(studies.recover(study))
+    chain = [t for t in study.trials if t.params == study.trials[0].params]
+    assert len(chain) == 4, "the first trial and its three retries"
+    assert deaths == 6 and studies.finished(study) == 0

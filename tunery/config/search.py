@@ -13,7 +13,19 @@ from tunery.config.base import Section
 # The validation metrics a trial is judged by: what the training job's evaluation reports (eval_<name>).
 SEARCH_METRICS = ("loss", "accuracy", "macro_f1")
 # Keys a search may not vary: they name the job or where it keeps its files, not how the model is trained.
-FIXED_KEYS = ("name", "workdir", "data", "mlflow", "search", "continuous", "cost", "evaluation")
+# split and cleaning too: every trial trains on the search run's split, made once before the trials.
+FIXED_KEYS = (
+    "name",
+    "workdir",
+    "data",
+    "mlflow",
+    "search",
+    "continuous",
+    "cost",
+    "evaluation",
+    "split",
+    "cleaning",
+)
 
 
 class ParameterSpace(Section):
@@ -183,6 +195,10 @@ def _extremes(dim: ParameterSpace) -> list[Any]:
 def check_space(recipe_type: type, recipe: Any) -> None:
     """Fail fast on a search space that names no recipe field, or holds a value the field refuses: each
     dimension's bounds (or every choice) are set on the recipe, one at a time, and validated."""
+    if recipe.search.parallel > 1 and recipe.distributed.master_port:
+        raise ValueError(
+            "`search.parallel` > 1 needs `distributed.master_port: null` (each trial's job takes a free port)"
+        )
     base = recipe.model_dump(mode="json")
     base["search"] = None
     for key, dim in recipe.search.space.items():

@@ -58,8 +58,10 @@ class Meter:
     """Wall and CPU time of this process from its creation to :meth:`record` (for a stage whose record
     file is known only at its end: opening the run creates the folder that holds it)."""
 
-    def __init__(self) -> None:
-        self._wall, self._cpu = time.monotonic(), _cpu_seconds()
+    def __init__(self, thread: bool = False) -> None:
+        # thread: this thread's CPU time only (a stage run by one of several threads of the process)
+        self._who = resource.RUSAGE_THREAD if thread else resource.RUSAGE_SELF
+        self._wall, self._cpu = time.monotonic(), _cpu_seconds(self._who)
 
     def record(self, path: Path, stage: str, failed: bool = False) -> None:
         append(
@@ -69,7 +71,7 @@ class Meter:
                 "process": "orchestrator",
                 "pid": os.getpid(),
                 "wall_s": round(time.monotonic() - self._wall, 3),
-                "cpu_s": round(_cpu_seconds() - self._cpu, 3),
+                "cpu_s": round(_cpu_seconds(self._who) - self._cpu, 3),
                 "gpu_s": 0.0,
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
                 "failed": failed,
@@ -78,9 +80,10 @@ class Meter:
 
 
 @contextmanager
-def meter(path: Path, stage: str) -> Iterator[None]:
-    """Record the wall time, CPU time and peak RSS of ``stage`` in this process (also when it raises)."""
-    started = Meter()
+def meter(path: Path, stage: str, thread: bool = False) -> Iterator[None]:
+    """Record the wall time, CPU time and peak RSS of ``stage`` in this process (also when it raises);
+    ``thread``: the CPU time of this thread only."""
+    started = Meter(thread)
     failed = True
     try:
         yield

@@ -91,7 +91,7 @@ def plots(recipe: Recipe, folder: Path) -> list[Path]:
         "intermediate": optuna_plots.plot_intermediate_values,
         "importances": optuna_plots.plot_param_importances,
     }
-    with studies._quiet_context():
+    with studies.quiet():
         for name, draw in drawers.items():
             try:
                 axes = draw(study)
@@ -111,7 +111,7 @@ def importances(recipe: Recipe) -> dict[str, float]:
     import optuna
 
     study = studies.open_study(recipe)
-    with studies._quiet_context():
+    with studies.quiet():
         try:
             return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
         except (ValueError, RuntimeError):

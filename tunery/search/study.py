@@ -18,8 +18,10 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,13 @@ RUN_ID = "tunery.mlflow_run_id"
 ERROR = "tunery.error"
 COST = "tunery.cost"
 PRUNED_AT = "tunery.pruned_at_evaluation"
+RETRY_OF = "tunery.retry_of"  # the dead trial whose parameters this one runs again
+DIED = "tunery.died"  # why a trial was failed as dead (its process gone, its heartbeat silent)
 DUPLICATE_OF = "tunery.duplicate_of"  # the finished trial whose parameters (and result) this one repeats
 # Study user attribute: what the study's trials were trained on (a resumed study must be the same).
 FINGERPRINT = "tunery.fingerprint"
 FINGERPRINT_PARTS = "tunery.fingerprint_parts"
-RETRIES = 3  # how often a trial whose process died is queued again
+RETRIES = 3  # how often the parameters of a trial whose process died are queued again
 
 
 class SearchError(RuntimeError):
@@ -50,7 +54,7 @@ class SearchError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _quiet_context():
+def quiet():
     """Optuna's experimental-API warnings (heartbeats, matplotlib plots) and its INFO log stay out of runs."""
     import optuna
 
@@ -78,22 +82,78 @@ def study_name(recipe: Recipe) -> str:
     return recipe.search.study or recipe.name
 
 
+_STORAGES: dict[tuple, Any] = {}
+_STORAGES_LOCK = threading.Lock()
+
+
+def _serialise_sqlite(engine) -> None:
+    """SQLite with several threads (parallel trials, heartbeats): WAL, and every transaction takes the write
+    lock at its start (``BEGIN IMMEDIATE``), so that writers wait their turn (busy timeout) instead of
+    failing at once with "database is locked" when two deferred transactions upgrade their locks."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection, record) -> None:
+        connection.isolation_level = None  # SQLAlchemy emits BEGIN below, not the sqlite3 module
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA busy_timeout=60000")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections opened while the tables were created lack the settings above
+
+
 def storage(recipe: Recipe):
-    """The RDB storage with heartbeats on (a trial records it is alive; a silent one is retried)."""
+    """The RDB storage of the recipe's search, one per URL and process (one engine, one connection pool),
+    with heartbeats on: a running trial records it is alive; one silent too long is taken as dead."""
     import optuna
 
     url = storage_url(recipe)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    with _quiet_context():
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=recipe.search.heartbeat_seconds,
-            grace_period=recipe.search.grace_seconds,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=RETRIES
-            ),
-        )
+    key = (url, recipe.search.heartbeat_seconds, recipe.search.grace_seconds)
+    with _STORAGES_LOCK:
+        if key in _STORAGES:
+            return _STORAGES[key]
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        with quiet():
+            store = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=recipe.search.heartbeat_seconds,
+                grace_period=recipe.search.grace_seconds,
+            )
+        if url.startswith("sqlite"):
+            _serialise_sqlite(store.engine)
+        _STORAGES[key] = store
+        return store
+
+
+@contextlib.contextmanager
+def heartbeat(recipe: Recipe, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``search.heartbeat_seconds`` while the block runs (waiting for a
+    training slot, training): another search run takes a trial silent for ``grace_seconds`` as dead."""
+    store, halt = storage(recipe), threading.Event()
+    failures = [0]
+
+    def beat() -> None:
+        while True:
+            try:
+                store.record_heartbeat(trial_id)
+                failures[0] = 0
+            except Exception as error:  # noqa: BLE001 - a storage hiccup: the next beat tries again
+                failures[0] += 1
+                if failures[0] == 3:
+                    warnings.warn(f"trial {trial_id}: 3 heartbeats in a row failed: {error}", stacklevel=1)
+            if halt.wait(recipe.search.heartbeat_seconds):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"search-heartbeat-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        halt.set()
 
 
 def metric(recipe: Recipe) -> str:
@@ -150,7 +210,7 @@ def open_study(recipe: Recipe):
     """Create the recipe's study, or load it (same name in the same storage), with its sampler and pruner."""
     import optuna
 
-    with _quiet_context():
+    with quiet():
         store = storage(recipe)
         study = optuna.create_study(
             storage=store, study_name=study_name(recipe), direction=direction(recipe), load_if_exists=True
@@ -214,39 +274,80 @@ def _gone(owner_value: str) -> bool:
     return process_identity(int(pid)) != identity
 
 
+def _retries(study, number: int) -> int:
+    """How many times trial ``number``'s parameters have already been queued again (its retry chain)."""
+    chain, trials = 0, {t.number: t for t in study.get_trials(deepcopy=False)}
+    while (earlier := trials[number].user_attrs.get(RETRY_OF)) is not None:
+        chain, number = chain + 1, earlier
+    return chain
+
+
+def _queue_again(study, trial) -> bool:
+    """Queue a dead trial's parameters again (up to :data:`RETRIES` times along its chain); only the
+    ``tunery.retry_of`` link is carried over, never its owner, folder, cost or error."""
+    if _retries(study, trial.number) >= RETRIES:
+        return False
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+    return True
+
+
 def recover(study) -> list[int]:
     """Fail the trials left RUNNING by a dead process of this host, and those whose heartbeat went silent
-    for longer than the grace period (any host); queue each again with the same parameters.
+    for longer than the grace period (any host); mark them dead (the budget does not count them) and queue
+    each again with the same parameters.
 
     Returns:
-        The numbers of the trials failed and queued again.
+        The numbers of the trials failed as dead.
     """
     import optuna
     from optuna.trial import TrialState
 
-    recovered = []
-    with _quiet_context():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+    dead = []
+    with quiet():
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if _gone(str(trial.user_attrs.get(OWNER, ""))):
-                tell(study, trial.number, state=TrialState.FAIL)
-                retry(study, frozen(study, trial.number))
-                recovered.append(trial.number)
+                set_attr(study, trial._trial_id, DIED, "its process is gone")
+                if tell(study, trial.number, state=TrialState.FAIL):
+                    dead.append(trial)
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    return sorted(recovered + sorted(after - before))
+        optuna.storages.fail_stale_trials(study)  # no callback on our storage: the retry is queued below
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number not in before:
+                study._storage.set_trial_user_attr(trial._trial_id, DIED, "its heartbeat went silent")
+                dead.append(trial)
+        for trial in dead:
+            _queue_again(study, trial)
+    return sorted(t.number for t in dead)
 
 
-def tell(study, trial, value: float | None = None, state=None) -> None:
-    """``study.tell``, outside ``Study.optimize``: the grid sampler calls ``study.stop()`` after its last
-    combination, which Optuna refuses there (RuntimeError) after storing the trial; the budget stops ours."""
-    with _quiet_context():
+def set_attr(study, trial_id: int, key: str, value: Any) -> bool:
+    """Set a trial's user attribute unless the trial has finished meanwhile (another search run took it
+    for dead); returns whether it was set."""
+    import optuna
+
+    try:
+        study._storage.set_trial_user_attr(trial_id, key, value)
+        return True
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def tell(study, trial, value: float | None = None, state=None) -> bool:
+    """``study.tell`` outside ``Study.optimize``; False when the trial had already finished (another search
+    run took it for dead). The grid sampler calls ``study.stop()`` after its last combination, which Optuna
+    refuses here (RuntimeError) after storing the trial: the budget stops ours."""
+    from optuna.trial import TrialState
+
+    with quiet():
+        number = trial if isinstance(trial, int) else trial.number
+        if frozen(study, number).state != TrialState.RUNNING:
+            return False
         try:
-            study.tell(trial, value, state=state)
+            study.tell(trial, value, state=state, skip_if_finished=True)
         except RuntimeError as error:
             if "Study.stop" not in str(error):
                 raise
+    return True
 
 
 def frozen(study, number: int):
@@ -258,14 +359,15 @@ def frozen(study, number: int):
 
 
 def finished(study) -> int:
-    """Trials the budget counts: complete, pruned, or failed by an error of their own."""
+    """Trials the budget counts: complete, pruned, or failed for any reason but the death of their process
+    (a crash of their own, a bad combination, a metric that is not a number)."""
     from optuna.trial import TrialState
 
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and ERROR in t.user_attrs)
+        or (t.state == TrialState.FAIL and DIED not in t.user_attrs)
     )
 
 
@@ -297,9 +399,8 @@ def _twin(study, params: dict[str, Any], number: int):
     for t in study.get_trials(deepcopy=False):
         if t.number == number or t.params != params:
             continue
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and ERROR in t.user_attrs
-        ):
+        own_failure = t.state == TrialState.FAIL and DIED not in t.user_attrs
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or own_failure:
             return t
     return None
 
@@ -317,13 +418,14 @@ def _settle_as_twin(study, trial, twin) -> None:
             trial.report(value, step)
         tell(study, trial.number, state=TrialState.PRUNED)
     else:
-        trial.set_user_attr(ERROR, twin.user_attrs[ERROR])
+        trial.set_user_attr(ERROR, twin.user_attrs.get(ERROR, f"as trial {twin.number}"))
         tell(study, trial.number, state=TrialState.FAIL)
 
 
-def ask(study, recipe: Recipe, clock: Clock) -> list[int]:
-    """Start the next trials (up to ``search.parallel``, within the budget and the clock); returns their
-    ids. Queued retries come first. An empty list: the search is done.
+def ask(study, recipe: Recipe, clock: Clock, at_most: int | None = None) -> list[int]:
+    """Start the next trials (up to ``search.parallel``, or ``at_most``, within the budget and the clock);
+    returns their ids. Trials of dead processes are recovered first, and queued retries come first. An
+    empty list: the search is done.
 
     A proposal whose parameters equal a finished trial's is never trained again: it is finished at once
     with that trial's result (``tunery.duplicate_of``) and counts towards the budget, at no cost.
@@ -332,13 +434,16 @@ def ask(study, recipe: Recipe, clock: Clock) -> list[int]:
 
     space = distributions(recipe.search)
     ids: list[int] = []
-    with _quiet_context():
+    wanted = min(recipe.search.parallel, at_most or recipe.search.parallel)
+    recover(study)
+    with quiet():
         while not clock.expired():
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if len(ids) >= recipe.search.parallel or budget(recipe) - finished(study) - running <= 0:
+            if len(ids) >= wanted or budget(recipe) - finished(study) - running <= 0:
                 break
             trial = study.ask(space)
             trial.set_user_attr(OWNER, owner_of_this_process())
+            storage(recipe).record_heartbeat(trial._trial_id)  # stale from now on if nobody beats for it
             twin = _twin(study, trial.params, trial.number)
             if twin is not None:
                 _settle_as_twin(study, trial, twin)
@@ -362,6 +467,24 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any]) -> Recipe:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise RecipeError(f"parameters {params} do not make a valid recipe: {problems}") from None
+
+
+def ranked(study) -> list:
+    """The complete trials, best first (a twin of a trial is left out: it trained no model).
+
+    Raises:
+        SearchError: no trial completed.
+    """
+    best(study)
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if DUPLICATE_OF not in t.user_attrs
+    ]
+    return sorted(complete, key=lambda t: t.value, reverse=study.direction == StudyDirection.MAXIMIZE)
 
 
 def best(study):

@@ -8,8 +8,8 @@ stopped as soon as the pruner says so. While it runs it records a heartbeat in t
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import os
 import shutil
 import threading
@@ -64,23 +64,7 @@ def trial_layout(parent: RunLayout, number: int) -> RunLayout:
     return layout
 
 
-class _Heartbeat(threading.Thread):
-    """Records the trial's heartbeat every ``search.heartbeat_seconds`` until stopped."""
-
-    def __init__(self, recipe: Recipe, trial_id: int) -> None:
-        super().__init__(daemon=True, name=f"search-heartbeat-{trial_id}")
-        self.storage, self.trial_id = studies.storage(recipe), trial_id
-        self.interval, self.halt = recipe.search.heartbeat_seconds, threading.Event()
-
-    def run(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a storage hiccup: the next beat tries again
-                self.storage.record_heartbeat(self.trial_id)
-            if self.halt.wait(self.interval):
-                return
-
-
-class _Pruning:
+class Pruning:
     """Reads the job's evaluation lines, reports them to the trial, and flags a stop when Optuna prunes."""
 
     def __init__(self, trial, metric: str, forward: Callable[[str], None]) -> None:
@@ -93,14 +77,17 @@ class _Pruning:
         from tunery.training.loop import parse_evaluation_line
 
         self.forward(line)
-        payload = parse_evaluation_line(line)
-        value = payload["metrics"].get(self.metric) if payload else None
-        if not isinstance(value, int | float) or self.stop.is_set():
-            return
-        step = int(payload["evaluation"])
         try:
+            payload = parse_evaluation_line(line)
+            value = payload["metrics"].get(self.metric) if payload else None
+            if not isinstance(value, int | float) or not math.isfinite(value) or self.stop.is_set():
+                return
+            step = int(payload["evaluation"])
             self.trial.report(float(value), step)
             self.last = float(value)
+            # the last evaluation (training done, or the final one after it) is the trial's result: no stop
+            if int(payload.get("step", 0)) >= int(payload.get("max_steps") or 1 << 62):
+                return
             if self.trial.should_prune():
                 self.at = step
                 self.stop.set()
@@ -112,12 +99,14 @@ class _Pruning:
             self.forward(f"tunery: warning: trial {self.trial.number} could not report to the study: {error}")
 
 
-def _value(layout: RunLayout, metric: str) -> float:
+def trial_value(layout: RunLayout, metric: str) -> float:
     summary = json.loads((layout.train_dir / "metrics.json").read_text(encoding="utf-8"))
     value = summary.get("validation", {}).get(metric)
     if not isinstance(value, int | float):
         reported = sorted(summary.get("validation", {}))
         raise RuntimeError(f"the training job reported no validation {metric} (it reported {reported})")
+    if not math.isfinite(value):  # a diverged trial: its own failure, counted (Optuna would store FAIL)
+        raise RuntimeError(f"validation {metric} is {value}: the training diverged")
     return float(value)
 
 
@@ -151,44 +140,65 @@ def run_trial(
     trial = optuna.trial.Trial(study, trial_id)
     number, params = trial.number, dict(trial.params)
     layout = trial_layout(parent, number)
-    trial.set_user_attr(studies.OWNER, tracking.owner_of_this_process())
-    trial.set_user_attr(studies.RUN_DIR, str(layout.root))
+
+    def note(key: str, value) -> None:  # a no-op once another search run has taken the trial for dead
+        studies.set_attr(study, trial_id, key, value)
+
+    note(studies.OWNER, tracking.owner_of_this_process())
+    note(studies.RUN_DIR, str(layout.root))
     metric = studies.metric(recipe)
     try:
-        chosen = studies.trial_recipe(recipe, params)
+        chosen = _share_of_the_machine(studies.trial_recipe(recipe, params), recipe.search.parallel)
     except RecipeError as error:
-        trial.set_user_attr(studies.ERROR, str(error)[:2000])
-        studies.tell(study, trial, state=TrialState.FAIL)
+        note(studies.ERROR, str(error)[:2000])
+        studies.tell(study, number, state=TrialState.FAIL)
         return TrialOutcome(number, "failed", None, params, None, str(error))
     run_id = tracking.start_trial_run(chosen, layout.root, parent_run_id, number, params)
-    trial.set_user_attr(studies.RUN_ID, run_id)
-    heartbeat = _Heartbeat(recipe, trial_id)
-    heartbeat.start()
-    pruning = _Pruning(trial, metric, lambda line: on_line(tracking.redact(line)))
+    note(studies.RUN_ID, run_id)
+    pruning = Pruning(trial, metric, lambda line: on_line(tracking.redact(line)))
     state, value, error = "complete", None, None
-    try:
-        with usage.meter(layout.usage, "train"):
-            launch_training(chosen, layout, run_id, on_line=pruning, stop_when=pruning.stop.is_set)
-        value = _value(layout, metric)
-    except TrainingStopped:
-        state, value = "pruned", pruning.last
-    except Exception as exc:  # noqa: BLE001 - a trial's failure is the study's data, not the search's end
-        state, error = "failed", tracking.redact(f"{type(exc).__name__}: {exc}")[-2000:]
-    finally:
-        heartbeat.halt.set()
+    with studies.heartbeat(recipe, trial_id):
+        try:
+            # this thread's CPU only: parallel trials are threads of one process
+            with usage.meter(layout.usage, "train", thread=True):
+                launch_training(chosen, layout, run_id, on_line=pruning, stop_when=pruning.stop.is_set)
+            value = trial_value(layout, metric)
+        except TrainingStopped:
+            state, value = "pruned", pruning.last
+        except Exception as exc:  # noqa: BLE001 - a trial's failure is the study's data, not the search's end
+            state, error = "failed", tracking.redact(f"{type(exc).__name__}: {exc}")[-2000:]
     tracking.client(chosen).set_tag(run_id, "tunery.search.state", state)
     cost = _costed(chosen, parent, layout, run_id, "FAILED" if state == "failed" else "FINISHED")
     if cost:
-        trial.set_user_attr(studies.COST, cost["total"])
+        note(studies.COST, cost["total"])
     if state == "complete":
-        studies.tell(study, trial, value)
+        studies.tell(study, number, value)
     elif state == "pruned":
-        trial.set_user_attr(studies.PRUNED_AT, pruning.at)
-        studies.tell(study, trial, state=TrialState.PRUNED)
+        note(studies.PRUNED_AT, pruning.at)
+        studies.tell(study, number, state=TrialState.PRUNED)
     else:
-        trial.set_user_attr(studies.ERROR, error)
-        studies.tell(study, trial, state=TrialState.FAIL)
+        note(studies.ERROR, error)
+        studies.tell(study, number, state=TrialState.FAIL)
     return TrialOutcome(number, state, value, params, run_id, error, cost)
+
+
+def _share_of_the_machine(recipe: Recipe, parallel: int) -> Recipe:
+    """With ``parallel`` trials at once on this machine, each job gets its share of the CPUs as torch
+    threads (unless the recipe sets ``training.num_threads``), not all of them."""
+    if parallel <= 1 or recipe.training.num_threads:
+        return recipe
+    from tunery.ops.cpus import usable_cpus
+
+    threads = max(1, usable_cpus() // (parallel * recipe.distributed.num_processes))
+    return recipe.model_copy(update={"training": recipe.training.model_copy(update={"num_threads": threads})})
+
+
+def _has_model(trial) -> bool:
+    folder = trial.user_attrs.get(studies.RUN_DIR)
+    if not folder:
+        return False
+    source = RunLayout(Path(folder))
+    return source.model_dir.is_dir() and (source.train_dir / "metrics.json").is_file()
 
 
 def adopt_best(recipe: Recipe, layout: RunLayout) -> Recipe:
@@ -196,18 +206,21 @@ def adopt_best(recipe: Recipe, layout: RunLayout) -> Recipe:
     and write ``search/best.json``; returns the recipe with the best trial's parameters.
 
     The best trial may have been trained by an earlier run of the same study (a resumed search): its
-    folder is that run's.
+    folder is that run's. Where that folder is gone (removed, or on another machine), the best trial whose
+    model is still here is taken, and ``best.json`` says which was better.
 
     Raises:
-        SearchError: no trial completed, or the best trial's folder is gone.
+        SearchError: no trial completed, or none of them has its model folder here.
     """
     study = studies.open_study(recipe)
-    best = studies.best(study)
-    source = RunLayout(Path(best.user_attrs.get(studies.RUN_DIR, "")))
-    if not (source.model_dir.is_dir() and (source.train_dir / "metrics.json").is_file()):
+    ranked = studies.ranked(study)
+    best = next((t for t in ranked if _has_model(t)), None)
+    if best is None:
         raise studies.SearchError(
-            f"the best trial ({best.number}) has no model at {source.model_dir}: was its run folder removed?"
+            f"no complete trial of study {study.study_name!r} still has its model folder (the best was "
+            f"{ranked[0].user_attrs.get(studies.RUN_DIR)}): were the run folders removed?"
         )
+    source = RunLayout(Path(best.user_attrs[studies.RUN_DIR]))
     if layout.model_dir.exists():
         shutil.rmtree(layout.model_dir)
     shutil.copytree(source.model_dir, layout.model_dir)
@@ -221,7 +234,8 @@ def adopt_best(recipe: Recipe, layout: RunLayout) -> Recipe:
         "params": best.params,
         "run_dir": str(source.root),
         "mlflow_run_id": best.user_attrs.get(studies.RUN_ID),
+        "better_trials_without_their_model": [t.number for t in ranked[: ranked.index(best)]],
     }
     (layout.root / "search").mkdir(exist_ok=True)
     (layout.root / "search" / BEST).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    return studies.trial_recipe(recipe, best.params)
+    return studies.trial_recipe(recipe, best.params)  # without the machine share: it is not training

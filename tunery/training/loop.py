@@ -73,7 +73,13 @@ def evaluation_line(number: int, state, metrics: dict) -> str:
         for k, v in metrics.items()
         if isinstance(v, int | float) and not k.endswith(("_runtime", "_per_second"))
     }
-    payload = {"evaluation": number, "epoch": state.epoch, "step": state.global_step, "metrics": values}
+    payload = {
+        "evaluation": number,
+        "epoch": state.epoch,
+        "step": state.global_step,
+        "max_steps": state.max_steps,
+        "metrics": values,
+    }
     return EVALUATION_PREFIX + json.dumps(payload)
 
 

@@ -22,9 +22,16 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunery.training.worker JOB_SPEC.json", file=sys.stderr)
         return 2
     started = time.monotonic()
+
     # SIGTERM (a timeout, or a search pruning this trial, stops the job's whole group) becomes an orderly
     # exit, so that the `finally` below still records what the attempt cost.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # The launcher relays the group's SIGTERM a second time: ignored from the first one on, so that a second
+    # SystemExit cannot land inside that `finally`.
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     spec = json.loads(Path(args[0]).read_text())
     # Started directly (one process, no DeepSpeed), there is no RANK: the Trainer then runs without a
     # process group and without a DDP wrapper, which a world of one does not need.
