@@ -117,7 +117,7 @@ def test_a_trial_its_dead_process_left_running_is_failed_and_run_again_with_its_
     assert studies.recover(again) == [1]
     states = {t.number: t.state.name for t in again.trials}
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "WAITING"}, "queued again"
-    assert again.trials[2].system_attrs["fixed_params"] == again.trials[1].params
+    assert again.trials[2].params == again.trials[1].params
     assert studies.finished(again) == 1, "a trial whose process died does not count"
     # the next ask runs the queued retry first, with the crashed trial's parameters
     (retry,) = studies.ask(again, r, clock)

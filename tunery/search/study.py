@@ -285,9 +285,20 @@ def _retries(study, number: int) -> int:
 def _queue_again(study, trial) -> bool:
     """Queue a dead trial's parameters again (up to :data:`RETRIES` times along its chain); only the
     ``tunery.retry_of`` link is carried over, never its owner, folder, cost or error."""
+    import optuna
+
     if _retries(study, trial.number) >= RETRIES:
         return False
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+    trial = frozen(study, trial.number)
+    study.add_trial(  # as Optuna's retry callback does: the sampler's attributes (the grid point) carried
+        optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={RETRY_OF: trial.number},
+            system_attrs=dict(trial.system_attrs),
+        )
+    )
     return True
 
 
