@@ -72,7 +72,7 @@ def base_recipe(args: argparse.Namespace, workdir: Path, study: str, sampler: st
         {
             "name": f"search-benchmark-{study}",
             "data": {"source": str(workdir / "unused.csv")},
-            "model": {"base": "minilm", "max_length": args.max_length},
+            "model": {"base": args.model, "max_length": args.max_length},
             "training": {"batch_size": 16, "seed": args.seed, "save_steps": 10_000},
             "search": {
                 "study": study,
@@ -184,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dev-rows", type=int, default=None, help="dev rows (default: all 872)")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--model", default="minilm", help="base model (catalogue name, folder or hub id)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="96 rows, 2 trials each, 100 dev rows")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "search.json")
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "train_samples": len(data["train"]),
             "dev_rows": n,
             "max_length": args.max_length,
+            "model": args.model,
             "trials": args.trials,
             "space": {"training.learning_rate": LEARNING_RATES, "training.epochs": EPOCHS},
             "seed": args.seed,

@@ -217,11 +217,28 @@ def write_spec(recipe: Recipe, layout: RunLayout, run_id: str | None, resume: Pa
     return path
 
 
+def _last_lines(tail: collections.deque) -> str:
+    """The tail as text, safely while the reader thread may still append to it (a job stopped early)."""
+    for _ in range(10):
+        try:
+            return "\n".join(list(tail))
+        except RuntimeError:  # deque mutated during iteration
+            time.sleep(0.05)
+    return "(the job's last lines could not be read)"
+
+
 def _pump(stream, on_line: Callable[[str], None], tail: collections.deque) -> None:
+    broken = False
     for raw in iter(stream.readline, ""):
         line = raw.rstrip("\n")
         tail.append(line)
-        on_line(line)
+        if broken:
+            continue
+        try:
+            on_line(line)
+        except Exception as error:  # noqa: BLE001 - keep draining: a full pipe would block the job
+            broken = True
+            tail.append(f"tunery: the log consumer failed ({error!r}); later lines are only kept here")
 
 
 class TrainingStopped(RuntimeError):
@@ -276,7 +293,7 @@ def run_job(
         reader.join(timeout=5)
         raise TrainingTimeout(
             f"training job stopped after the {timeout_s / 60:.1f} min timeout (distributed.timeout_minutes); "
-            "last lines:\n" + "\n".join(tail)
+            "last lines:\n" + _last_lines(tail)
         ) from None
     except BaseException:
         stop_group(proc)
@@ -284,11 +301,11 @@ def run_job(
     if stopped:
         stop_group(proc)
         reader.join(timeout=5)
-        raise TrainingStopped("training job stopped on request; last lines:\n" + "\n".join(tail))
+        raise TrainingStopped("training job stopped on request; last lines:\n" + _last_lines(tail))
     reader.join(timeout=10)
     if proc.returncode != 0:
         raise TrainingJobFailed(
-            f"training job exited with code {proc.returncode}; last lines:\n" + "\n".join(tail)
+            f"training job exited with code {proc.returncode}; last lines:\n" + _last_lines(tail)
         )
 
 
