@@ -44,7 +44,7 @@ system-deps:
 
 # Two pytest-xdist workers by default (TEST_WORKERS=0: one process), each taking whole modules, the longest
 # first (tests/module_seconds.json; xdist's own reordering by test count is off), each worker's torch held to
-# its share of the usable CPUs (tests/conftest.py). 26:24 here for 1,186 tests (2026-12-03); one process took 42 min on CI
+# its share of the usable CPUs (tests/conftest.py). 24:51 here for 1,218 tests (2026-12-03); one process took 42 min on CI
 # before the preference tests (~19 min more of them). The OOM kills of earlier two-worker runs came from
 # DeepSpeed's leaked shared memory and from logits held for nothing, both fixed.
 TEST_WORKERS ?= 2
