@@ -107,7 +107,8 @@ def plots(recipe: Recipe, folder: Path) -> list[Path]:
 
 
 def importances(recipe: Recipe) -> dict[str, float]:
-    """Optuna's parameter importances (fANOVA) over the complete trials; {} with too few of them."""
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA in Optuna 5) over the complete
+    trials; {} with too few of them."""
     import optuna
 
     study = studies.open_study(recipe)
@@ -151,7 +152,7 @@ def markdown(found: dict) -> str:
         )
     if found.get("importances"):
         shares = ", ".join(f"{k} {v:.2f}" for k, v in found["importances"].items())
-        lines += ["", f"Parameter importances (fANOVA): {shares}"]
+        lines += ["", f"Parameter importances (PED-ANOVA): {shares}"]
     return "\n".join(lines) + "\n"
 
 
