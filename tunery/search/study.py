@@ -14,6 +14,7 @@ count: its retry does.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -362,10 +363,10 @@ def tell(study, trial, value: float | None = None, state=None) -> bool:
 
 
 def frozen(study, number: int):
-    """The stored trial ``number`` (a fresh copy)."""
-    for trial in study.get_trials(deepcopy=True):
+    """The stored trial ``number`` (a fresh copy of that one trial, not of the whole study)."""
+    for trial in study.get_trials(deepcopy=False):
         if trial.number == number:
-            return trial
+            return copy.deepcopy(trial)
     raise KeyError(f"study {study.study_name!r} has no trial {number}")
 
 
