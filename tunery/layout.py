@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,3 +132,23 @@ class RunLayout:
     def parent(self) -> Path:
         """``parent.json``: which registered version (or run) ``start_dir`` is (the new model's lineage)."""
         return self.root / "parent.json"
+
+    @property
+    def teacher_outputs(self) -> Path:
+        """A distilled student's training rows with the teacher's logits (``tunery.training.distill``)."""
+        return self.data_dir / "teacher.parquet"
+
+
+def sub_layout(parent: RunLayout, folder: Path) -> RunLayout:
+    """A run folder inside ``parent`` (a search trial, a compressed candidate) with the parent's split files
+    hard-linked in (copied where links fail): it trains on exactly the parent's data."""
+    layout = RunLayout(folder)
+    for name in SPLITS:
+        source, target = parent.split(name), layout.split(name)
+        if source.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(source, target)
+    return layout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 from tunery import tracking
 from tunery.config import Recipe, RecipeError
-from tunery.layout import SPLITS, RunLayout
+from tunery.layout import RunLayout, sub_layout
 from tunery.ops import usage
 from tunery.search import study as studies
 
@@ -51,17 +50,8 @@ class TrialOutcome:
 
 
 def trial_layout(parent: RunLayout, number: int) -> RunLayout:
-    """The trial's folder, with the search run's split files linked in (copied where links fail)."""
-    layout = RunLayout(parent.root / TRIALS / f"trial-{number:04d}")
-    for name in SPLITS:
-        source, target = parent.split(name), layout.split(name)
-        if source.is_file() and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:  # another file system, or links not allowed
-                shutil.copy2(source, target)
-    return layout
+    """The trial's folder, with the search run's split files linked in."""
+    return sub_layout(parent, parent.root / TRIALS / f"trial-{number:04d}")
 
 
 class Pruning:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 from tunery.layout import ADAPTER_DIR, BASE_DIR, EXPORT_META
+from tunery.training import compact
 from tunery.training.methods import auto_model_class, head_wrappers
 
 DEFAULT_TOLERANCE = 1e-4
@@ -293,6 +294,8 @@ def load_exported(model_dir: Path, task: str):
 
         base = auto_cls.from_pretrained(model_dir / BASE_DIR)
         model = PeftModel.from_pretrained(base, model_dir / ADAPTER_DIR)
+    elif compact.is_compact(model_dir):  # head-pruned or int8 (tunery.training.compact)
+        model = compact.load_compact(model_dir, auto_cls)
     else:
         model = auto_cls.from_pretrained(model_dir)
     return model.eval()

@@ -200,8 +200,15 @@ def latest_complete_checkpoint(layout: RunLayout, remove_incomplete: bool = True
     return complete[-1] if complete else None
 
 
-def write_spec(recipe: Recipe, layout: RunLayout, run_id: str | None, resume: Path | None) -> Path:
-    """The job spec the worker reads: recipe, run folder, MLflow run, checkpoint to resume from."""
+def write_spec(
+    recipe: Recipe,
+    layout: RunLayout,
+    run_id: str | None,
+    resume: Path | None,
+    distillation: dict | None = None,
+) -> Path:
+    """The job spec the worker reads: recipe, run folder, MLflow run, checkpoint to resume from, and the
+    distillation settings of a student's job (``{"alpha", "temperature"}``, else None)."""
     ds_config = render_deepspeed_config(recipe, layout.train_dir / "deepspeed.json")
     spec = {
         # the job reads the run folder, never the data source: a credential in it stays out of the file
@@ -210,6 +217,7 @@ def write_spec(recipe: Recipe, layout: RunLayout, run_id: str | None, resume: Pa
         "run_id": run_id,
         "resume_from": str(resume) if resume else None,
         "deepspeed_config": str(ds_config) if ds_config else None,
+        "distillation": distillation,
     }
     path = layout.train_dir / "job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -361,12 +369,14 @@ def launch_training(
     run_id: str | None = None,
     on_line: Callable[[str], None] = print,
     stop_when: Callable[[], bool] | None = None,
+    distillation: dict | None = None,
 ) -> Path:
     """Train the recipe's model as a separate (multi-)process job and return the saved model folder.
 
     Resumes from the newest complete checkpoint in the run folder, if any (a retried task continues where
     the crashed attempt stopped). ``stop_when`` (polled twice a second) stops the job early: a search prunes
-    a trial with it (:class:`TrainingStopped`).
+    a trial with it (:class:`TrainingStopped`). ``distillation`` (``{"alpha", "temperature"}``) trains a
+    student on ``layout.teacher_outputs`` (:mod:`tunery.training.distill`).
     """
     import torch
 
@@ -377,7 +387,7 @@ def launch_training(
     if resume is not None:
         on_line(f"tunery: resuming from {resume.name} (step {resume.name.split('-')[-1]})")
     port = recipe.distributed.master_port or free_port()
-    spec = write_spec(recipe, layout, run_id, resume)
+    spec = write_spec(recipe, layout, run_id, resume, distillation)
     cmd = build_command(recipe, spec, port)
     on_line("tunery: launching " + " ".join(cmd))
     if stale := release_orphaned_shared_memory():

@@ -202,12 +202,6 @@ def _unused_trainable(model, batch: dict) -> list[str]:
         model.train(was_training)
 
 
-def _training_args(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, find_unused: bool = False):
-    from transformers import TrainingArguments
-
-    return TrainingArguments(**_training_kwargs(recipe, out_dir, deepspeed_config, find_unused))
-
-
 def _training_kwargs(recipe: Recipe, out_dir: Path, deepspeed_config: str | None, find_unused: bool) -> dict:
     """The ``TrainingArguments`` of the recipe (TRL's configs take the same keywords)."""
     import torch
@@ -308,6 +302,7 @@ def train(
     resume_from: str | None = None,
     deepspeed_config: str | None = None,
     callbacks: Sequence = (),
+    distillation: dict | None = None,
 ) -> Path:
     """Fine-tune on the run's train split (validating on its validation split) and export the model.
 
@@ -319,6 +314,8 @@ def train(
         deepspeed_config: path of a rendered DeepSpeed config, or None.
         callbacks: extra ``transformers.TrainerCallback`` instances, run after tunery's own (a benchmark's
             step clock, say).
+        distillation: ``{"alpha", "temperature"}``: train a classifier on ``layout.teacher_outputs`` (the
+            training rows with a teacher's logits) with the distillation loss (``training.distill``).
 
     Returns:
         The folder of the exported model (plain transformers format, tokenizer, ``tunery_model.json``).
@@ -368,6 +365,7 @@ def train(
             labels,
             deepspeed_config,
             [*_callbacks(recipe, logger), *callbacks],
+            distillation,
         )
     # The Trainer's PrinterCallback prints every log record a second time, as a dict: Progress prints them.
     trainer.remove_callback(PrinterCallback)
@@ -420,20 +418,37 @@ def train(
     return layout.model_dir
 
 
-def _trainer(recipe: Recipe, layout: RunLayout, model, tokenizer, labels, deepspeed_config, callbacks):
+def _trainer(
+    recipe: Recipe, layout: RunLayout, model, tokenizer, labels, deepspeed_config, callbacks, distillation
+):
     """The Trainer of a classification or sft run, its data statistics and a batch for the export check."""
     from transformers import Trainer
 
     train_set, val_set, collator, metrics_fn, data_stats = _datasets(recipe, layout, tokenizer, labels)
+    trainer_class = _budget_trainer(Trainer)
+    args = _training_kwargs(recipe, layout.checkpoints, deepspeed_config, False)
+    if distillation is not None:
+        from tunery.training import distill
+
+        if recipe.task != "classification" or not layout.teacher_outputs.is_file():
+            raise ValueError(f"distillation trains a classifier from {layout.teacher_outputs}: not found")
+        frame = pd.read_parquet(layout.teacher_outputs)
+        label_ids = {label: i for i, label in enumerate(labels)}
+        train_set = distill.teacher_dataset(frame, tokenizer, label_ids, recipe.model.max_length)
+        data_stats = {**data_stats, "train_examples": len(train_set), "distillation": distillation}
+        trainer_class = distill.distilling(trainer_class, distillation["alpha"], distillation["temperature"])
+        args["remove_unused_columns"] = False  # the teacher's logits reach compute_loss
     find_unused = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not deepspeed_config:
         unused = _unused_trainable(model, collator([train_set[i] for i in range(min(2, len(train_set)))]))
         find_unused = bool(unused)
         if unused and _is_main():
             print(f"tunery: {len(unused)} trainable parameter(s) get no gradient: {unused[:5]}", flush=True)
-    trainer = _budget_trainer(Trainer)(
+    from transformers import TrainingArguments
+
+    trainer = trainer_class(
         model=model,
-        args=_training_args(recipe, layout.checkpoints, deepspeed_config, find_unused),
+        args=TrainingArguments(**{**args, "ddp_find_unused_parameters": find_unused}),
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=collator,

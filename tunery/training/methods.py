@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunery.config import Recipe
 from tunery.models import default_lora_targets, resolve_model
+from tunery.training import compact
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
@@ -185,6 +186,8 @@ def _architecture_problem(recipe: Recipe) -> str | None:
     if config is None:
         return None
     arch, name = config.model_type, recipe.method.name
+    if getattr(config, compact.QUANTIZATION, None):  # written by compact.save_quantized, for serving only
+        return f"{recipe.model.base} is an int8-quantised model: it cannot be trained further"
     model_cls = _model_class(config, recipe.task)
     if model_cls is None:
         head = "sequence-classification" if recipe.task == "classification" else "causal-LM"
@@ -350,12 +353,15 @@ def load_base_model(model_path: str, task: str, labels: list[str] | None, recipe
 
     Raises:
         MethodUnavailable: qlora without a CUDA GPU and bitsandbytes.
+        CompactError: an int8-quantised base (it serves; it does not train).
     """
     import torch
 
     config = _load_config(model_path, task, labels, recipe.training.dropout)
     auto_cls = auto_model_class(task)
-    if recipe.method.name == "qlora":
+    if compact.is_compact(Path(model_path)):  # fewer heads in some layers (compact.prune_heads); not int8
+        model = compact.load_compact(Path(model_path), auto_cls, config, trainable=True).train()
+    elif recipe.method.name == "qlora":
         model = _load_quantized(auto_cls, model_path, config, recipe)
     else:
         # transformers 5 loads in the checkpoint's dtype by default (bf16 for most LLMs); optimiser states
@@ -396,11 +402,8 @@ def from_pretrained_reported(auto_cls: type, model_path: str, **kwargs):
         source.removeFilter(held)
     body = f"{model.base_model_prefix}."
     missing = list(info.get("missing_keys") or [])
-    expected = (
-        all(not key.startswith(body) for key in missing)
-        and not info.get("unexpected_keys")
-        and not info.get("mismatched_keys")
-    )
+    clean = not info.get("unexpected_keys") and not info.get("mismatched_keys")
+    expected = clean and all(not key.startswith(body) for key in missing)
     if expected and held.records:
         head = ", ".join(sorted(missing))
         logging.getLogger(__name__).info("new task head, initialised at random: %s", head)
@@ -474,16 +477,12 @@ def _prompt_tuning_config(recipe: Recipe, model: PreTrainedModel, task_type):
     from peft import PromptTuningConfig, PromptTuningInit
 
     prompt = recipe.method.prompt
+    common = {"task_type": task_type, "num_virtual_tokens": prompt.num_virtual_tokens}
     if not prompt.init_text:
-        return PromptTuningConfig(
-            task_type=task_type,
-            num_virtual_tokens=prompt.num_virtual_tokens,
-            prompt_tuning_init=PromptTuningInit.RANDOM,
-        )
+        return PromptTuningConfig(**common, prompt_tuning_init=PromptTuningInit.RANDOM)
     # text init reads the tokenizer saved with the base model and copies those tokens' embeddings
     return PromptTuningConfig(
-        task_type=task_type,
-        num_virtual_tokens=prompt.num_virtual_tokens,
+        **common,
         prompt_tuning_init=PromptTuningInit.TEXT,
         prompt_tuning_init_text=prompt.init_text,
         tokenizer_name_or_path=model.name_or_path,

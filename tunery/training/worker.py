@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             logger,
             resume_from=spec.get("resume_from"),
             deepspeed_config=spec.get("deepspeed_config"),
+            distillation=spec.get("distillation"),
         )
     finally:  # a failed attempt cost as much as it ran (a killed one leaves no record: tunery.ops.usage)
         import torch
